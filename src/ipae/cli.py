@@ -1,0 +1,155 @@
+"""The `ipae` command. Bad input is one line on stderr and exit code 2; nothing is written then."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ipae import __version__
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse prints the whole usage; one line is enough
+        self.exit(EXIT_BAD_INPUT, f"ipae: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _pairs(text: str) -> int | None:
+    return None if text == "all" else _positive_int(text)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ipae", description="Information Potential Auto-Encoders.")
+    parser.add_argument("--version", action="version", version=f"ipae {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    toy = commands.add_parser("toy", help="train one model on the paper's 25-Gaussian toy task")
+    toy.add_argument("--model", choices=("ipae", "vae"), default="ipae")
+    toy.add_argument("--beta", type=_non_negative_float, default=0.01, help="weight of the rate term (default 0.01)")
+    toy.add_argument("--n-pairs", type=_pairs, default=1, help="IPAE partners per sample N_j, or 'all' (default 1)")
+    toy.add_argument("--steps", type=_positive_int, default=5000)
+    toy.add_argument("--batch-size", type=_positive_int, default=512)
+    toy.add_argument("--lr", type=_positive_float, default=1e-3)
+    toy.add_argument("--seed", type=int, default=0)
+    _add_output_options(toy)
+
+    reproduce = commands.add_parser("reproduce", help="reproduce one of the paper's figures")
+    reproduce.add_argument("figure", choices=("figure1",))
+    reproduce.add_argument("--steps", type=_positive_int, default=5000, help="training steps per run (paper: 5000)")
+    reproduce.add_argument("--seed", type=int, default=0)
+    reproduce.add_argument("--jobs", type=_positive_int, default=1, help="runs in parallel, one thread each")
+    _add_output_options(reproduce)
+
+    encode = commands.add_parser("encode", help="encode a .npy array with a trained model")
+    encode.add_argument("model_dir", type=Path, help="a run directory holding model.json and model.pt")
+    encode.add_argument("data", type=Path, help="a .npy array (samples, features)")
+    encode.add_argument("--out", type=Path, required=True, help="the .npy file of codes to write")
+    encode.add_argument("--sampled", action="store_true", help="sample z ~ N(mu, sigma^2) instead of the mean")
+    encode.add_argument("--seed", type=int, default=0, help="noise seed for --sampled")
+    encode.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    return parser
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="output directory (must not exist)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _toy(args: argparse.Namespace) -> int:
+    from ipae.experiments.toy import ToyRun, run_toy
+    from ipae.results import staged_directory
+
+    run = ToyRun(model=args.model, beta=args.beta, n_pairs=args.n_pairs, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    with staged_directory(args.out, overwrite=args.overwrite) as stage:
+        metrics = run_toy(run, stage, progress=False if args.quiet else None).metrics
+    if metrics["status"] != "ok":
+        print(f"ipae: {metrics['error']}; recorded in {args.out / 'metrics.json'}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"E = {metrics['E']:.4f}  E_sampled = {metrics['E_sampled']:.4f}  E_identity = {metrics['E_identity']:.4f}  "
+          f"train_seconds = {metrics['train_seconds']:.1f}  -> {args.out}")
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from ipae.experiments.figure1 import reproduce_figure1
+    from ipae.results import markdown_table, staged_directory
+
+    with staged_directory(args.out, overwrite=args.overwrite) as stage:
+        rows = reproduce_figure1(stage, steps=args.steps, seed=args.seed, jobs=args.jobs, progress=False if args.quiet else None)
+    print(markdown_table(rows, ("model", "beta", "status", "E", "E_sampled", "train_seconds")), end="")
+    print(f"-> {args.out}/figure1.md, figure1.csv, figure1.json, figure1.png")
+    return 0
+
+
+def _encode(args: argparse.Namespace) -> int:
+    from ipae.data.arrays import load_array
+    from ipae.results import load_model, write_atomic
+
+    if args.out.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
+    if args.out.suffix != ".npy":
+        raise ValueError(f"--out must end in .npy, got {args.out}")
+    model = load_model(args.model_dir)
+    x = torch.from_numpy(load_array(args.data, n_features=model.config.n_inputs))
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+        codes = mu
+        if args.sampled:
+            codes = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=torch.Generator().manual_seed(args.seed))
+    write_atomic(args.out, partial(_save_npy, codes.numpy()))
+    print(f"{codes.shape[0]} codes of dimension {codes.shape[1]} -> {args.out}")
+    return 0
+
+
+def _save_npy(array: np.ndarray, path: Path) -> None:
+    with path.open("wb") as file:  # a file object: np.save would append ".npy" to a temporary name
+        np.save(file, array, allow_pickle=False)
+
+
+COMMANDS = {"toy": _toy, "reproduce": _reproduce, "encode": _encode}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError) as error:
+        print(f"ipae: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("ipae: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,6 @@
+"""Data sets: the paper's toy mixture, and arrays from users' files."""
+
+from ipae.data.arrays import load_array
+from ipae.data.toy import ToyData, gaussian_grid
+
+__all__ = ["ToyData", "gaussian_grid", "load_array"]

@@ -1,0 +1,178 @@
+"""Gaussian MLP autoencoder whose rate term (the bound on I(x; z)) is picked by name."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ipae.information import draw_partners, gaussian_kl, information_potential
+
+__all__ = ["ModelConfig", "PRESETS", "AutoEncoder", "LossTerms", "RATES", "DISTORTIONS"]
+
+# logvar = LOGVAR_LIMIT * tanh(raw / LOGVAR_LIMIT): the identity near 0 (so a fresh encoder starts at
+# sigma ~ 1 as usual) but bounded to (-15, 15), i.e. sigma^2 in (3e-7, 3.3e6). Inside that range 1/sigma^2,
+# exp(logvar) and the rate terms stay finite in float32, so sigma -> 0 or sigma -> inf cannot make the loss
+# inf/NaN on its own; a loss that still turns non-finite (exploding weights) is caught by `train`.
+LOGVAR_LIMIT = 15.0
+
+
+class LossTerms(NamedTuple):
+    """Scalars of one batch: loss = distortion + beta * rate, each a batch mean."""
+
+    loss: Tensor
+    distortion: Tensor
+    rate: Tensor
+
+
+# A rate term maps (mu (B, D), logvar (B, D), eps (K, B, D), generator, n_pairs) to (B,) nats.
+RateTerm = Callable[[Tensor, Tensor, Tensor, torch.Generator, "int | None"], Tensor]
+
+
+def _prior_kl_rate(mu: Tensor, logvar: Tensor, eps: Tensor, generator: torch.Generator, n_pairs: int | None) -> Tensor:
+    return gaussian_kl(mu, logvar)
+
+
+def _information_potential_rate(
+    mu: Tensor, logvar: Tensor, eps: Tensor, generator: torch.Generator, n_pairs: int | None
+) -> Tensor:
+    partners = None if n_pairs is None else draw_partners(mu.shape[0], n_pairs, generator)
+    return information_potential(mu, logvar, eps, partners)
+
+
+# "vae": beta-VAE's KL to N(0, I) (eq. 5); "ip": IPAE's information potential (eq. 10).
+RATES: dict[str, RateTerm] = {"vae": _prior_kl_rate, "ip": _information_potential_rate}
+
+
+class Distortion(NamedTuple):
+    per_sample: Callable[[Tensor, Tensor], Tensor]  # (decoder output (N, F), x (N, F)) -> (N,)
+    mean: Callable[[Tensor], Tensor]  # decoder output -> reconstruction in data space
+
+
+def _squared_error(output: Tensor, x: Tensor) -> Tensor:
+    return (output - x).square().sum(dim=-1)
+
+
+def _bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=-1)
+
+
+# "mse": squared error summed over dimensions (the toy task); "bernoulli": the cross-entropy of
+# section 4.2 summed over pixels, computed from logits so that it is finite at saturated pixels.
+DISTORTIONS: dict[str, Distortion] = {
+    "mse": Distortion(_squared_error, lambda output: output),
+    "bernoulli": Distortion(_bernoulli_nll, torch.sigmoid),
+}
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and objective of an `AutoEncoder`. Defaults are the paper's toy model (IPAE)."""
+
+    n_inputs: int = 2  # the toy data is 2-D
+    hidden: tuple[int, ...] = (2048,)  # one hidden layer each in encoder and decoder, as in the paper
+    n_latent: int = 16  # size of mu and of sigma (section 4.1)
+    activation: str = "relu"  # section 4.1; the MNIST preset uses sigmoid
+    distortion: str = "mse"  # d(x, g(z)) of eq. 11, a key of DISTORTIONS
+    rate: str = "ip"  # the bound on I(x; z), a key of RATES
+    beta: float = 0.01  # weight of the rate; near the toy task's best IPAE value
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        for name, names in (("rate", RATES), ("distortion", DISTORTIONS), ("activation", ACTIVATIONS)):
+            if getattr(self, name) not in names:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose from {', '.join(sorted(names))}")
+        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta >= 0):
+            raise ValueError(f"beta must be a finite number >= 0, got {self.beta!r}")
+        sizes = (self.n_inputs, self.n_latent, *self.hidden)
+        if not self.hidden or any(s < 1 for s in sizes):
+            raise ValueError(f"layer sizes must be >= 1, got n_inputs={self.n_inputs}, hidden={self.hidden}, n_latent={self.n_latent}")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "hidden": list(self.hidden)}
+
+
+# The paper's two architectures: toy 2 -relu-> 2048 -> (16, 16) -> 2048 -relu-> 2 (section 4.1) and
+# MNIST 784 -sigmoid-> 1024 -> (8, 8) -> 1024 -sigmoid-> 784 with the Bernoulli distortion (section 4.2).
+PRESETS: dict[str, ModelConfig] = {
+    "toy": ModelConfig(),
+    "mnist": ModelConfig(n_inputs=784, hidden=(1024,), n_latent=8, activation="sigmoid", distortion="bernoulli", beta=1e-5),
+}
+
+
+def _mlp(sizes: tuple[int, ...], activation: str) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(n_in, n_out), ACTIVATIONS[activation]()]
+    return nn.Sequential(*layers)
+
+
+class AutoEncoder(nn.Module):
+    """Stochastic Gaussian encoder z = mu(x) + sigma(x) * eps (eq. 3) and an MLP decoder g(z).
+
+    The objective (eq. 11 for IPAE, eq. 2 with eq. 5 for the VAE) is
+    mean_i d(x_i, g(z_i)) + beta * mean_i rate_i, with the rate term picked by `config.rate`.
+    """
+
+    def __init__(self, config: ModelConfig = ModelConfig(), *, seed: int = 0) -> None:
+        super().__init__()
+        self.config = config
+        self.body = _mlp((config.n_inputs, *config.hidden), config.activation)
+        self.mu_head = nn.Linear(config.hidden[-1], config.n_latent)
+        self.logvar_head = nn.Linear(config.hidden[-1], config.n_latent)
+        self.decoder = nn.Sequential(
+            _mlp((config.n_latent, *config.hidden), config.activation),
+            nn.Linear(config.hidden[-1], config.n_inputs),
+        )
+        self._rate = RATES[config.rate]
+        self._distortion = DISTORTIONS[config.distortion]
+        self.reset_parameters(torch.Generator().manual_seed(seed))
+
+    @classmethod
+    def from_preset(cls, name: str, *, seed: int = 0, **overrides) -> AutoEncoder:
+        """A model of the paper's `"toy"` or `"mnist"` architecture, e.g. `rate="vae", beta=1.0`."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {', '.join(sorted(PRESETS))}")
+        return cls(replace(PRESETS[name], **overrides), seed=seed)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """PyTorch's default Linear init (uniform, bound 1/sqrt(fan_in)), drawn from `generator`."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                bound = 1.0 / math.sqrt(module.in_features)
+                module.weight.uniform_(-bound, bound, generator=generator)
+                module.bias.uniform_(-bound, bound, generator=generator)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, n_inputs) -> mu (B, n_latent), logvar (B, n_latent), logvar bounded by LOGVAR_LIMIT."""
+        hidden = self.body(x)
+        logvar = LOGVAR_LIMIT * torch.tanh(self.logvar_head(hidden) / LOGVAR_LIMIT)
+        return self.mu_head(hidden), logvar
+
+    def decode(self, z: Tensor) -> Tensor:
+        """(B, n_latent) -> reconstruction (B, n_inputs) in data space (probabilities for "bernoulli")."""
+        return self._distortion.mean(self.decoder(z))
+
+    def loss(
+        self, x: Tensor, *, generator: torch.Generator, n_pairs: int | None = 1, n_samples: int = 1
+    ) -> LossTerms:
+        """Objective on a batch x (B, n_inputs) with K = `n_samples` noise draws per sample.
+
+        `n_pairs` is the paper's N_j, the partners per sample of the "ip" rate (None: all B);
+        other rate terms ignore it. Noise and partners come from `generator`.
+        """
+        mu, logvar = self.encode(x)  # (B, D) each
+        eps = torch.randn((n_samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)  # (K, B, D)
+        z = mu + (0.5 * logvar).exp() * eps  # (K, B, D)
+        output = self.decoder(z.flatten(0, 1))  # (K * B, n_inputs)
+        distortion = self._distortion.per_sample(output, x.repeat(n_samples, 1)).mean()
+        rate = self._rate(mu, logvar, eps, generator, n_pairs).mean()
+        return LossTerms(distortion + self.config.beta * rate, distortion, rate)

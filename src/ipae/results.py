@@ -1,0 +1,147 @@
+"""Writing results: atomic files, staged output directories, and tables (Markdown, CSV, JSON)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from ipae import __version__
+from ipae.models import AutoEncoder, ModelConfig
+
+__all__ = [
+    "write_atomic",
+    "write_json",
+    "save_png",
+    "save_model",
+    "load_model",
+    "staged_directory",
+    "write_table",
+    "markdown_table",
+]
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it to `path`.
+
+    A reader never sees a half-written file, and a failure leaves no file behind.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, value: object) -> None:
+    """Write `value` as indented JSON, atomically; non-finite floats become null."""
+    text = json.dumps(_finite_or_none(value), indent=2) + "\n"
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def _finite_or_none(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value
+
+
+def save_png(figure, path: str | Path) -> None:
+    """Save a matplotlib figure as PNG, atomically."""
+    write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+
+
+def save_model(model: AutoEncoder, directory: str | Path) -> None:
+    """Write `model.json` (config, library version) and `model.pt` (weights only) into `directory`."""
+    directory = Path(directory)
+    write_json(directory / "model.json", {"ipae_version": __version__, "config": model.config.to_dict()})
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    write_atomic(directory / "model.pt", lambda tmp: torch.save(state, tmp))
+
+
+def load_model(directory: str | Path) -> AutoEncoder:
+    """Load a model written by `save_model`; a missing or damaged file is a clear error.
+
+    The weights are read with `weights_only=True`: loading never runs code from the file.
+    """
+    directory = Path(directory)
+    for name in ("model.json", "model.pt"):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory}: not a model directory (no {name})")
+    try:
+        config = ModelConfig(**json.loads((directory / "model.json").read_text())["config"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{directory / 'model.json'}: not a valid model config ({error})") from None
+    model = AutoEncoder(config)
+    try:
+        state = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as error:  # torch raises several types for damaged or mismatched files
+        raise ValueError(f"{directory / 'model.pt'}: cannot load weights ({str(error).splitlines()[0]})") from None
+    return model.eval()
+
+
+@contextmanager
+def staged_directory(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary directory that becomes `out` only when the block succeeds.
+
+    An existing `out` is an error unless `overwrite`; then it is replaced, as a whole, at the end.
+    Missing parents are created. On failure nothing is left: not `out`, not the temporary
+    directory, not the parents this call created.
+    """
+    out = Path(out).absolute()
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
+    created = [parent for parent in reversed(out.parents) if not parent.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        yield stage
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        for parent in reversed(created):
+            parent.rmdir()
+        raise
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return "" if not math.isfinite(value) else f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """Rows (dicts) as a Markdown table with the given columns; floats to 4 significant digits."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(column)) for column in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(directory: Path, name: str, rows: Sequence[dict], columns: Sequence[str]) -> None:
+    """Write `name`.md, `name`.csv and `name`.json in `directory`, each atomically."""
+    write_atomic(directory / f"{name}.md", lambda tmp: tmp.write_text(markdown_table(rows, columns)))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(directory / f"{name}.csv", lambda tmp: tmp.write_text(buffer.getvalue()))
+    write_json(directory / f"{name}.json", [{column: row.get(column) for column in columns} for row in rows])

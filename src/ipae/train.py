@@ -1,0 +1,119 @@
+"""Training loop: Adam on the model's objective, with the paper's defaults. No file I/O here."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ipae.models import AutoEncoder
+
+__all__ = ["train", "TrainResult", "TrainingDiverged", "check_data"]
+
+
+@dataclass
+class TrainResult:
+    """History of one run: per-step loss, distortion and rate (each (steps,)), and the loop's wall time."""
+
+    loss: np.ndarray
+    distortion: np.ndarray
+    rate: np.ndarray
+    seconds: float
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss turned non-finite at `step`; `result` holds the history up to and including that step."""
+
+    def __init__(self, step: int, result: TrainResult) -> None:
+        super().__init__(f"training diverged: the loss became non-finite at step {step}")
+        self.step = step
+        self.result = result
+
+
+def check_data(data: Tensor, n_inputs: int) -> None:
+    """Raise ValueError unless `data` is a non-empty, finite (N, n_inputs) floating tensor."""
+    if not isinstance(data, Tensor):
+        raise ValueError(f"data must be a torch.Tensor, got {type(data).__name__}")
+    if data.ndim != 2 or data.shape[1] != n_inputs:
+        raise ValueError(f"data must have shape (N, {n_inputs}), got {tuple(data.shape)}")
+    if data.shape[0] == 0:
+        raise ValueError("data is empty (N = 0)")
+    if not data.is_floating_point():
+        raise ValueError(f"data must be floating point, got {data.dtype}")
+    if not torch.isfinite(data).all():
+        raise ValueError("data contains NaN or infinite values")
+
+
+def _batch_indices(n: int, batch_size: int, steps: int, generator: torch.Generator) -> Tensor:
+    """(steps, batch_size) sample indices: shuffled passes over the data, concatenated, so that every
+    sample is used equally often. Drawn once, before the loop."""
+    epochs = -(-steps * batch_size // n)
+    order = torch.cat([torch.randperm(n, generator=generator) for _ in range(epochs)])
+    return order[: steps * batch_size].view(steps, batch_size)
+
+
+def train(
+    model: AutoEncoder,
+    data: Tensor,
+    *,
+    steps: int = 5000,
+    batch_size: int = 512,
+    lr: float = 1e-3,
+    n_pairs: int | None = 1,
+    n_samples: int = 1,
+    seed: int = 0,
+    progress: bool | None = None,
+    log_every: int = 100,
+) -> TrainResult:
+    """Train `model` in place on `data` (N, n_inputs) with Adam; returns the per-step history.
+
+    Defaults are the paper's (section 4.1): Adam, lr 1e-3, batch 512, 5000 steps, K = 1 noise draw,
+    N_j = `n_pairs` = 1 partner (None: all pairs). A batch larger than N is cut to N. `seed` fixes the
+    batches, the noise and the partners: the same seed and model give the same result on a device.
+    `progress`: a progress bar (None: only on a terminal). Every `log_every` steps the loop checks the
+    loss once (one host sync) and raises `TrainingDiverged` at the first non-finite step.
+    """
+    check_data(data, model.config.n_inputs)
+    if steps < 1 or batch_size < 1 or n_samples < 1 or log_every < 1:
+        raise ValueError(f"steps, batch_size, n_samples and log_every must be >= 1, got {steps}, {batch_size}, {n_samples}, {log_every}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if n_pairs is not None and n_pairs < 1:
+        raise ValueError(f"n_pairs must be >= 1 or None (all pairs), got {n_pairs}")
+    device = next(model.parameters()).device
+    data = data.to(device=device, dtype=next(model.parameters()).dtype)
+    batch_size = min(batch_size, data.shape[0])
+    indices = _batch_indices(data.shape[0], batch_size, steps, torch.Generator().manual_seed(seed)).to(device)
+    generator = torch.Generator(device).manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    history = torch.empty(steps, 3, device=device)  # (steps, [loss, distortion, rate]), read every log_every
+    show = sys.stderr.isatty() if progress is None else progress
+    model.train()
+    start = time.perf_counter()
+    with tqdm(total=steps, disable=not show, desc="train", unit="step", leave=False) as bar:
+        for step in range(steps):
+            terms = model.loss(data[indices[step]], generator=generator, n_pairs=n_pairs, n_samples=n_samples)
+            optimizer.zero_grad(set_to_none=True)
+            terms.loss.backward()
+            optimizer.step()
+            history[step] = torch.stack(terms).detach()
+            if (step + 1) % log_every == 0 or step + 1 == steps:
+                checked = history[step + 1 - ((step % log_every) + 1) : step + 1, 0]
+                if not torch.isfinite(checked).all():
+                    first = step + 1 - checked.numel() + int((~torch.isfinite(checked)).nonzero()[0])
+                    raise TrainingDiverged(first, _result(history[: first + 1], time.perf_counter() - start))
+                bar.set_postfix(loss=f"{float(checked[-1]):.4g}", refresh=False)
+                bar.update(checked.numel())
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return _result(history, time.perf_counter() - start)
+
+
+def _result(history: Tensor, seconds: float) -> TrainResult:
+    values = history.cpu().double().numpy()
+    return TrainResult(loss=values[:, 0], distortion=values[:, 1], rate=values[:, 2], seconds=seconds)
