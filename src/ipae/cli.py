@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -22,29 +24,30 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"ipae: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _number(text: str, kind: type, accept, requirement: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not accept(value):
+        raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
+    return _number(text, float, lambda v: 0 <= v < math.inf, "a finite number >= 0")
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
+    return _number(text, float, lambda v: 0 < v < math.inf, "a finite number > 0")
+
+
+def _positive_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 1, "an integer >= 1")
 
 
 def _pairs(text: str) -> int | None:
-    return None if text == "all" else _positive_int(text)
+    return None if text == "all" else _number(text, int, lambda v: v >= 1, "an integer >= 1 or 'all'")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -66,7 +69,9 @@ def _build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("figure", choices=("figure1",))
     reproduce.add_argument("--steps", type=_positive_int, default=5000, help="training steps per run (paper: 5000)")
     reproduce.add_argument("--seed", type=int, default=0)
-    reproduce.add_argument("--jobs", type=_positive_int, default=1, help="runs in parallel, one thread each")
+    reproduce.add_argument(
+        "--jobs", type=_positive_int, default=os.cpu_count() or 1, help="runs in parallel, one thread each (default: one per core)"
+    )
     _add_output_options(reproduce)
 
     encode = commands.add_parser("encode", help="encode a .npy array with a trained model")
@@ -83,30 +88,47 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output directory (must not exist)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
 
 
 def _toy(args: argparse.Namespace) -> int:
     from ipae.experiments.toy import ToyRun, run_toy
     from ipae.results import staged_directory
+    from ipae.train import resolve_device
 
-    run = ToyRun(model=args.model, beta=args.beta, n_pairs=args.n_pairs, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    run = ToyRun(
+        model=args.model, beta=args.beta, n_pairs=args.n_pairs, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed
+    )
+    device = resolve_device(args.device)
     with staged_directory(args.out, overwrite=args.overwrite) as stage:
-        metrics = run_toy(run, stage, progress=False if args.quiet else None).metrics
+        metrics = run_toy(run, stage, device=device, progress=False if args.quiet else None).metrics
     if metrics["status"] != "ok":
         print(f"ipae: {metrics['error']}; recorded in {args.out / 'metrics.json'}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"E = {metrics['E']:.4f}  E_sampled = {metrics['E_sampled']:.4f}  E_identity = {metrics['E_identity']:.4f}  "
-          f"train_seconds = {metrics['train_seconds']:.1f}  -> {args.out}")
+    print(
+        f"E = {metrics['E']:.4f}  E_sampled = {metrics['E_sampled']:.4f}  E_identity = {metrics['E_identity']:.4f}  "
+        f"train_seconds = {metrics['train_seconds']:.1f}  -> {args.out}"
+    )
     return 0
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from ipae.experiments.figure1 import reproduce_figure1
+    from ipae.experiments.figure1 import reproduce_figure1, summary
     from ipae.results import markdown_table, staged_directory
+    from ipae.train import resolve_device
 
+    device = resolve_device(args.device)
     with staged_directory(args.out, overwrite=args.overwrite) as stage:
-        rows = reproduce_figure1(stage, steps=args.steps, seed=args.seed, jobs=args.jobs, progress=False if args.quiet else None)
+        rows = reproduce_figure1(
+            stage,
+            steps=args.steps,
+            seed=args.seed,
+            jobs=args.jobs,
+            device=device,
+            progress=False if args.quiet else None,
+        )
     print(markdown_table(rows, ("model", "beta", "status", "E", "E_sampled", "train_seconds")), end="")
+    print(summary(rows))
     print(f"-> {args.out}/figure1.md, figure1.csv, figure1.json, figure1.png")
     return 0
 

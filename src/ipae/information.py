@@ -54,9 +54,7 @@ def conditional_entropy(logvar: Tensor) -> Tensor:
     return 0.5 * (math.log(2.0 * math.pi * math.e) + logvar).sum(dim=1)
 
 
-def information_potential(
-    mu: Tensor, logvar: Tensor, eps: Tensor, partners: Tensor | None = None
-) -> Tensor:
+def information_potential(mu: Tensor, logvar: Tensor, eps: Tensor, partners: Tensor | None = None) -> Tensor:
     """Per-sample summand of the IPAE bound on I(x; z), eq. 10.
 
     For sample i: the mean over noise draws k and partners j of
@@ -106,6 +104,4 @@ def draw_partners(batch_size: int, n_partners: int, generator: torch.Generator) 
     """
     if batch_size < 1 or n_partners < 1:
         raise ValueError(f"batch_size and n_partners must be >= 1, got {batch_size} and {n_partners}")
-    return torch.randint(
-        batch_size, (batch_size, n_partners), generator=generator, device=generator.device
-    )
+    return torch.randint(batch_size, (batch_size, n_partners), generator=generator, device=generator.device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from itertools import pairwise
 from typing import NamedTuple
 
 import torch
@@ -38,9 +39,7 @@ def _prior_kl_rate(mu: Tensor, logvar: Tensor, eps: Tensor, generator: torch.Gen
     return gaussian_kl(mu, logvar)
 
 
-def _information_potential_rate(
-    mu: Tensor, logvar: Tensor, eps: Tensor, generator: torch.Generator, n_pairs: int | None
-) -> Tensor:
+def _information_potential_rate(mu: Tensor, logvar: Tensor, eps: Tensor, generator: torch.Generator, n_pairs: int | None) -> Tensor:
     partners = None if n_pairs is None else draw_partners(mu.shape[0], n_pairs, generator)
     return information_potential(mu, logvar, eps, partners)
 
@@ -109,7 +108,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 def _mlp(sizes: tuple[int, ...], activation: str) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+    for n_in, n_out in pairwise(sizes):
         layers += [nn.Linear(n_in, n_out), ACTIVATIONS[activation]()]
     return nn.Sequential(*layers)
 
@@ -161,9 +160,7 @@ class AutoEncoder(nn.Module):
         """(B, n_latent) -> reconstruction (B, n_inputs) in data space (probabilities for "bernoulli")."""
         return self._distortion.mean(self.decoder(z))
 
-    def loss(
-        self, x: Tensor, *, generator: torch.Generator, n_pairs: int | None = 1, n_samples: int = 1
-    ) -> LossTerms:
+    def loss(self, x: Tensor, *, generator: torch.Generator, n_pairs: int | None = 1, n_samples: int = 1) -> LossTerms:
         """Objective on a batch x (B, n_inputs) with K = `n_samples` noise draws per sample.
 
         `n_pairs` is the paper's N_j, the partners per sample of the "ip" rate (None: all B);

@@ -39,11 +39,18 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; results are ordinary files
         write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | Path, value: object) -> None:
@@ -112,6 +119,7 @@ def staged_directory(out: str | Path, *, overwrite: bool = False) -> Iterator[Pa
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
+        os.chmod(stage, 0o777 & ~_umask())
         yield stage
         if out.exists():
             shutil.rmtree(out)
@@ -136,9 +144,10 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(directory: Path, name: str, rows: Sequence[dict], columns: Sequence[str]) -> None:
-    """Write `name`.md, `name`.csv and `name`.json in `directory`, each atomically."""
-    write_atomic(directory / f"{name}.md", lambda tmp: tmp.write_text(markdown_table(rows, columns)))
+def write_table(directory: Path, name: str, rows: Sequence[dict], columns: Sequence[str], *, note: str = "") -> None:
+    """Write `name`.md (with `note` below the table), `name`.csv and `name`.json in `directory`, each atomically."""
+    markdown = markdown_table(rows, columns) + (f"\n{note}\n" if note else "")
+    write_atomic(directory / f"{name}.md", lambda tmp: tmp.write_text(markdown))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

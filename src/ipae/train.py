@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from ipae.models import AutoEncoder
 
-__all__ = ["train", "TrainResult", "TrainingDiverged", "check_data"]
+__all__ = ["train", "TrainResult", "TrainingDiverged", "check_data", "resolve_device"]
 
 
 @dataclass
@@ -33,6 +33,19 @@ class TrainingDiverged(RuntimeError):
         super().__init__(f"training diverged: the loss became non-finite at step {step}")
         self.step = step
         self.result = result
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """`device` as a torch.device; None means CUDA when it is present, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"unknown device {device!r} ({error})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but CUDA is not available here")
+    return device
 
 
 def check_data(data: Tensor, n_inputs: int) -> None:

@@ -6,13 +6,14 @@ import math
 from functools import partial
 from pathlib import Path
 
+import torch
 from matplotlib.figure import Figure
 
 from ipae.experiments.parallel import map_runs
 from ipae.experiments.toy import ToyOutcome, ToyRun, draw_reconstruction, run_toy
 from ipae.results import save_png, write_table
 
-__all__ = ["VAE_BETAS", "IPAE_BETAS", "figure1_runs", "reproduce_figure1"]
+__all__ = ["VAE_BETAS", "IPAE_BETAS", "figure1_runs", "reproduce_figure1", "summary"]
 
 # The VAE grid spans 0.01..3 so that its best E (near beta = 1) lies inside it; the IPAE grid is
 # centred on its best E (near beta = 0.01 with N_j = 1).
@@ -33,21 +34,36 @@ def _run_name(run: ToyRun) -> str:
     return f"{run.model}-beta{run.beta:g}"
 
 
-def _run_into(runs_directory: Path, run: ToyRun) -> ToyOutcome:
-    return run_toy(run, runs_directory / _run_name(run), progress=False)
+def _run_into(runs_directory: Path, device: torch.device | str | None, run: ToyRun) -> ToyOutcome:
+    return run_toy(run, runs_directory / _run_name(run), device=device, progress=False)
 
 
-def reproduce_figure1(out: Path, *, steps: int = 5000, seed: int = 0, jobs: int = 1, progress: bool | None = None) -> list[dict]:
+def reproduce_figure1(
+    out: Path, *, steps: int = 5000, seed: int = 0, jobs: int = 1, device: torch.device | str | None = None, progress: bool | None = None
+) -> list[dict]:
     """Run the grid into the existing directory `out` and write there:
     runs/<model>-beta<beta>/ (each run's metrics, panel and model), figure1.{md,csv,json} (the table)
     and figure1.png (the grid of panels). Returns the table's rows."""
     runs = figure1_runs(steps=steps, seed=seed)
     (out / "runs").mkdir()
-    outcomes = map_runs(partial(_run_into, out / "runs"), runs, jobs=jobs, progress=progress, desc="figure 1")
+    outcomes = map_runs(partial(_run_into, out / "runs", device), runs, jobs=jobs, progress=progress, desc="figure 1")
     rows = [{**outcome.metrics["config"], **outcome.metrics} for outcome in outcomes]
-    write_table(out, "figure1", rows, COLUMNS)
+    write_table(out, "figure1", rows, COLUMNS, note=summary(rows))
     save_png(_grid_figure(runs, outcomes), out / "figure1.png")
     return rows
+
+
+def summary(rows: list[dict]) -> str:
+    """One line: each model's best E over its grid, and the ratio IPAE / VAE."""
+    best = {}
+    for row in rows:
+        if row["status"] == "ok" and row["E"] < best.get(row["model"], {"E": math.inf})["E"]:
+            best[row["model"]] = row
+    parts = [f"{model} {row['E']:.3f} at β = {row['beta']:g}" for model, row in best.items()]
+    line = "Best E: " + ("; ".join(parts) if parts else "no run succeeded")
+    if {"ipae", "vae"} <= best.keys():
+        line += f"; ratio ipae / vae = {best['ipae']['E'] / best['vae']['E']:.3f}"
+    return line + "."
 
 
 def _grid_figure(runs: list[ToyRun], outcomes: list[ToyOutcome]) -> Figure:
@@ -57,7 +73,7 @@ def _grid_figure(runs: list[ToyRun], outcomes: list[ToyOutcome]) -> Figure:
     figure = Figure(figsize=(2.6 * width, 2.8 * len(models)))
     axes = figure.subplots(len(models), width, squeeze=False)
     for row, model in enumerate(models):
-        pairs = [(run, outcome) for run, outcome in zip(runs, outcomes) if run.model == model]
+        pairs = [(run, outcome) for run, outcome in zip(runs, outcomes, strict=True) if run.model == model]
         best = min((outcome.metrics.get("E", math.inf) for _, outcome in pairs), default=math.inf)
         for column in range(width):
             panel = axes[row][column]

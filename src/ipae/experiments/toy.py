@@ -14,7 +14,7 @@ from ipae.data.toy import gaussian_grid
 from ipae.evaluation import centre_distance
 from ipae.models import AutoEncoder
 from ipae.results import save_model, save_png, write_json
-from ipae.train import TrainingDiverged, train
+from ipae.train import TrainingDiverged, resolve_device, train
 
 __all__ = ["MODELS", "ToyRun", "ToyOutcome", "run_toy", "draw_reconstruction"]
 
@@ -50,30 +50,39 @@ def _child_seeds(seed: int, count: int) -> list[int]:
     return [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(count)]
 
 
-def run_toy(run: ToyRun, out: Path, *, progress: bool | None = None) -> ToyOutcome:
+def run_toy(run: ToyRun, out: Path, *, device: str | torch.device | None = None, progress: bool | None = None) -> ToyOutcome:
     """Train and evaluate one toy run, writing into the existing directory `out`:
     metrics.json, and unless training diverged, reconstruction.png and the model. Returns the metrics.
 
     Metrics: E (decoding the mean code), E_sampled (decoding a sampled code), E_identity (the inputs
     themselves), train_seconds (the training loop alone), status ("ok" or "failed"), the config.
+    `device`: where to train (None: CUDA when present, else the CPU).
     """
+    device = resolve_device(device)
     out.mkdir(exist_ok=True)
     data_seed, model_seed, train_seed = _child_seeds(run.seed, 3)
     data = gaussian_grid(seed=data_seed)
-    model = AutoEncoder.from_preset("toy", rate=MODELS[run.model], beta=run.beta, seed=model_seed)
-    metrics: dict = {"config": asdict(run), "architecture": model.config.to_dict(), "E_identity": centre_distance(data.x, data.labels, data.centres)}
+    model = AutoEncoder.from_preset("toy", rate=MODELS[run.model], beta=run.beta, seed=model_seed).to(device)
+    metrics: dict = {
+        "device": str(device),
+        "config": asdict(run),
+        "architecture": model.config.to_dict(),
+        "E_identity": centre_distance(data.x, data.labels, data.centres),
+    }
     try:
-        result = train(model, data.x, steps=run.steps, batch_size=run.batch_size, lr=run.lr, n_pairs=run.n_pairs, seed=train_seed, progress=progress)
+        result = train(
+            model, data.x, steps=run.steps, batch_size=run.batch_size, lr=run.lr, n_pairs=run.n_pairs, seed=train_seed, progress=progress
+        )
     except TrainingDiverged as diverged:
         metrics |= {"status": "failed", "error": str(diverged), "failed_step": diverged.step, "train_seconds": diverged.result.seconds}
         write_json(out / "metrics.json", metrics)
         return ToyOutcome(metrics, data.x, None)
     model.eval()
     with torch.no_grad():
-        mu, logvar = model.encode(data.x)
-        noise = torch.randn(mu.shape, generator=torch.Generator().manual_seed(train_seed))
-        mean_reconstruction = model.decode(mu)
-        sampled_reconstruction = model.decode(mu + (0.5 * logvar).exp() * noise)
+        mu, logvar = model.encode(data.x.to(device))
+        noise = torch.randn(mu.shape, generator=torch.Generator().manual_seed(train_seed)).to(device)
+        mean_reconstruction = model.decode(mu).cpu()
+        sampled_reconstruction = model.decode(mu + (0.5 * logvar).exp() * noise).cpu()
     metrics |= {
         "status": "ok",
         "E": centre_distance(mean_reconstruction, data.labels, data.centres),

@@ -1,0 +1,132 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ipae.cli import main
+from ipae.experiments import toy
+from ipae.train import TrainingDiverged, TrainResult
+
+
+def ipae(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ipae.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "toy"
+    assert main(["toy", "--model", "vae", "--beta", "1", "--steps", "20", "--quiet", "--out", str(out)]) == 0
+    return out
+
+
+def test_toy_end_to_end(trained_run, capsys):
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["status"] == "ok"
+    assert metrics["config"] == {"model": "vae", "beta": 1.0, "n_pairs": 1, "steps": 20, "batch_size": 512, "lr": 0.001, "seed": 0}
+    assert {"E", "E_sampled", "E_identity", "train_seconds"} <= metrics.keys()
+    assert sorted(p.name for p in trained_run.iterdir()) == ["metrics.json", "model.json", "model.pt", "reconstruction.png"]
+
+
+def test_encode_writes_the_mean_codes(trained_run, tmp_path):
+    np.save(tmp_path / "x.npy", np.array([[0.0, 0.0], [2.0, -2.0], [4.0, 4.0]]))
+    assert main(["encode", str(trained_run), str(tmp_path / "x.npy"), "--out", str(tmp_path / "codes.npy")]) == 0
+    codes = np.load(tmp_path / "codes.npy")
+    assert codes.shape == (3, 16) and codes.dtype == np.float32
+    assert main(["encode", str(trained_run), str(tmp_path / "x.npy"), "--sampled", "--out", str(tmp_path / "sampled.npy")]) == 0
+    assert not np.array_equal(np.load(tmp_path / "sampled.npy"), codes)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["codes.npy", "sampled.npy", "x.npy"]
+
+
+def test_reproduce_figure1_tiny(tmp_path):
+    out = tmp_path / "fig1"
+    result = ipae("reproduce", "figure1", "--steps", "3", "--jobs", "2", "--quiet", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((out / "figure1.json").read_text())
+    assert [(row["model"], row["beta"]) for row in rows] == [("vae", b) for b in toy_betas("vae")] + [
+        ("ipae", b) for b in toy_betas("ipae")
+    ]
+    assert all(row["status"] == "ok" and row["E"] > 0 for row in rows)
+    assert (out / "figure1.png").read_bytes().startswith(b"\x89PNG")
+    assert (out / "figure1.md").read_text().startswith("| model | beta |")
+    assert len(list((out / "runs").iterdir())) == len(rows)
+
+
+def toy_betas(model):
+    from ipae.experiments.figure1 import IPAE_BETAS, VAE_BETAS
+
+    return {"vae": VAE_BETAS, "ipae": IPAE_BETAS}[model]
+
+
+def test_a_diverged_run_is_recorded_as_failed(tmp_path, monkeypatch, capsys):
+    def diverging_train(*args, **kwargs):
+        raise TrainingDiverged(7, TrainResult(np.zeros(8), np.zeros(8), np.zeros(8), 0.5))
+
+    monkeypatch.setattr(toy, "train", diverging_train)
+    assert main(["toy", "--steps", "10", "--quiet", "--out", str(tmp_path / "run")]) == 1
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["failed_step"] == 7 and "E" not in metrics
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["toy", "--beta", "-1"], "--beta: must be a finite number >= 0"),
+        (["toy", "--beta", "nan"], "--beta: must be a finite number >= 0"),
+        (["toy", "--model", "gan"], "invalid choice: 'gan'"),
+        (["toy", "--steps", "0"], "--steps: must be an integer >= 1"),
+        (["toy", "--n-pairs", "some"], "--n-pairs"),
+        (["toy", "--lr", "0"], "--lr: must be a finite number > 0"),
+        (["reproduce", "figure9"], "invalid choice: 'figure9'"),
+        (["toy", "--unknown-option", "1"], "unrecognized arguments"),
+        (["toy", "--device", "tpu"], "unknown device 'tpu'"),
+    ],
+)
+def test_bad_options_are_one_line_and_exit_2(tmp_path, args, message):
+    result = ipae(*args, "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_output_directory_is_not_overwritten(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    result = ipae("toy", "--steps", "1", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and "already exists" in result.stderr and result.stderr.count("\n") == 1
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no such file"),
+        (np.zeros((4, 3)), "expected 2 features per row, got 3"),
+        (np.zeros(4), "expected a 2-D array"),
+        (np.array([[0.0, np.nan]]), "NaN or infinite"),
+        (np.zeros((0, 2)), "no rows"),
+    ],
+)
+def test_encode_refuses_bad_data_with_one_line(trained_run, tmp_path, content, message):
+    data = tmp_path / "x.npy"
+    if content is not None:
+        np.save(data, content)
+    result = ipae("encode", str(trained_run), str(data), "--out", str(tmp_path / "codes.npy"))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "codes.npy").exists() and not list(tmp_path.glob(".*"))
+
+
+def test_encode_refuses_a_missing_or_damaged_model(trained_run, tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((2, 2)))
+    result = ipae("encode", str(tmp_path / "nowhere"), str(tmp_path / "x.npy"), "--out", str(tmp_path / "codes.npy"))
+    assert result.returncode == 2 and "not a model directory" in result.stderr and result.stderr.count("\n") == 1
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for name in ("model.json", "model.pt"):
+        (damaged / name).write_bytes((trained_run / name).read_bytes()[:40])
+    result = ipae("encode", str(damaged), str(tmp_path / "x.npy"), "--out", str(tmp_path / "codes.npy"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "codes.npy").exists()

@@ -1,0 +1,51 @@
+import json
+import math
+import operator
+
+import pytest
+
+from ipae.experiments.figure1 import IPAE_BETAS, VAE_BETAS, figure1_runs, summary
+from ipae.experiments.parallel import map_runs
+from ipae.experiments.toy import ToyRun, run_toy
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_short_toy_run_writes_its_metrics_panel_and_model(tmp_path):
+    outcome = run_toy(ToyRun(model="ipae", beta=0.01, steps=20), tmp_path / "run", progress=False)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and metrics["config"]["steps"] == 20 and metrics["architecture"]["rate"] == "ip"
+    assert metrics["E_identity"] == pytest.approx(math.sqrt(0.1 * math.pi / 2), abs=0.01)
+    assert 0 < metrics["E"] < 10 and 0 < metrics["E_sampled"] < 10 and metrics["train_seconds"] > 0
+    assert outcome.metrics["E"] == metrics["E"] and outcome.reconstruction.shape == (5000, 2)
+    assert (tmp_path / "run" / "reconstruction.png").read_bytes().startswith(PNG_MAGIC)
+    assert (tmp_path / "run" / "model.pt").exists() and (tmp_path / "run" / "model.json").exists()
+
+
+def test_the_figure1_grid_covers_both_models_fairly():
+    runs = figure1_runs(steps=7)
+    assert [run.beta for run in runs if run.model == "vae"] == list(VAE_BETAS)
+    assert [run.beta for run in runs if run.model == "ipae"] == list(IPAE_BETAS)
+    assert min(VAE_BETAS) <= 0.01 and max(VAE_BETAS) >= 3 and len(IPAE_BETAS) >= 3
+    assert all(run.steps == 7 for run in runs) and all(run.n_pairs == 1 for run in runs if run.model == "ipae")
+
+
+def test_unknown_model_is_refused():
+    with pytest.raises(ValueError, match="unknown model"):
+        ToyRun(model="gan")
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_map_runs_keeps_the_order(jobs):
+    assert map_runs(operator.neg, [3, 1, 2], jobs=jobs, progress=False) == [-3, -1, -2]
+
+
+def test_summary_names_each_models_best_and_the_ratio():
+    rows = [
+        {"model": "vae", "beta": 1.0, "status": "ok", "E": 0.4},
+        {"model": "vae", "beta": 0.1, "status": "failed"},
+        {"model": "ipae", "beta": 0.01, "status": "ok", "E": 0.3},
+        {"model": "ipae", "beta": 0.1, "status": "ok", "E": 0.35},
+    ]
+    assert summary(rows) == "Best E: vae 0.400 at β = 1; ipae 0.300 at β = 0.01; ratio ipae / vae = 0.750."
+    assert summary(rows[1:2]) == "Best E: no run succeeded."

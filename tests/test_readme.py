@@ -1,0 +1,19 @@
+"""The README's Python examples run as written (with fewer training steps)."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+
+
+def test_the_readme_has_python_examples():
+    assert len(BLOCKS) >= 2
+
+
+@pytest.mark.parametrize("index", range(len(BLOCKS)))
+def test_readme_example_runs(index):
+    code = BLOCKS[index].replace("steps=5000", "steps=10")
+    exec(compile(code, f"README.md example {index + 1}", "exec"), {})
