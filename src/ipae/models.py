@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ipae.information import draw_partners, gaussian_kl, information_potential
+from ipae.layers import ACTIVATIONS, Dense
 
 __all__ = ["ModelConfig", "PRESETS", "AutoEncoder", "LossTerms", "RATES", "DISTORTIONS"]
 
@@ -68,8 +69,6 @@ DISTORTIONS: dict[str, Distortion] = {
     "bernoulli": Distortion(_bernoulli_nll, torch.sigmoid),
 }
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
-
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -107,10 +106,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def _mlp(sizes: tuple[int, ...], activation: str) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for n_in, n_out in pairwise(sizes):
-        layers += [nn.Linear(n_in, n_out), ACTIVATIONS[activation]()]
-    return nn.Sequential(*layers)
+    return nn.Sequential(*(Dense(n_in, n_out, activation) for n_in, n_out in pairwise(sizes)))
 
 
 class AutoEncoder(nn.Module):
@@ -124,11 +120,10 @@ class AutoEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.body = _mlp((config.n_inputs, *config.hidden), config.activation)
-        self.mu_head = nn.Linear(config.hidden[-1], config.n_latent)
-        self.logvar_head = nn.Linear(config.hidden[-1], config.n_latent)
+        self.heads = Dense(config.hidden[-1], 2 * config.n_latent)  # mu and the raw logvar, side by side
         self.decoder = nn.Sequential(
             _mlp((config.n_latent, *config.hidden), config.activation),
-            nn.Linear(config.hidden[-1], config.n_inputs),
+            Dense(config.hidden[-1], config.n_inputs),
         )
         self._rate = RATES[config.rate]
         self._distortion = DISTORTIONS[config.distortion]
@@ -145,20 +140,20 @@ class AutoEncoder(nn.Module):
     def reset_parameters(self, generator: torch.Generator) -> None:
         """PyTorch's default Linear init (uniform, bound 1/sqrt(fan_in)), drawn from `generator`."""
         for module in self.modules():
-            if isinstance(module, nn.Linear):
-                bound = 1.0 / math.sqrt(module.in_features)
-                module.weight.uniform_(-bound, bound, generator=generator)
-                module.bias.uniform_(-bound, bound, generator=generator)
+            if isinstance(module, Dense):
+                module.reset_parameters(generator)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, n_inputs) -> mu (B, n_latent), logvar (B, n_latent), logvar bounded by LOGVAR_LIMIT."""
-        hidden = self.body(x)
-        logvar = LOGVAR_LIMIT * torch.tanh(self.logvar_head(hidden) / LOGVAR_LIMIT)
-        return self.mu_head(hidden), logvar
+        """(B, n_inputs) -> mu (B, n_latent), logvar (B, n_latent), logvar bounded by LOGVAR_LIMIT.
+
+        Both are float32 (float64 for a float64 model) also when the layers run under bf16 autocast.
+        """
+        mu, raw_logvar = self.heads(self.body(x)).to(x.dtype).chunk(2, dim=1)
+        return mu, LOGVAR_LIMIT * torch.tanh(raw_logvar / LOGVAR_LIMIT)
 
     def decode(self, z: Tensor) -> Tensor:
         """(B, n_latent) -> reconstruction (B, n_inputs) in data space (probabilities for "bernoulli")."""
-        return self._distortion.mean(self.decoder(z))
+        return self._distortion.mean(self.decoder(z).to(z.dtype))
 
     def loss(self, x: Tensor, *, generator: torch.Generator, n_pairs: int | None = 1, n_samples: int = 1) -> LossTerms:
         """Objective on a batch x (B, n_inputs) with K = `n_samples` noise draws per sample.
@@ -169,7 +164,8 @@ class AutoEncoder(nn.Module):
         mu, logvar = self.encode(x)  # (B, D) each
         eps = torch.randn((n_samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)  # (K, B, D)
         z = mu + (0.5 * logvar).exp() * eps  # (K, B, D)
-        output = self.decoder(z.flatten(0, 1))  # (K * B, n_inputs)
-        distortion = self._distortion.per_sample(output, x.repeat(n_samples, 1)).mean()
-        rate = self._rate(mu, logvar, eps, generator, n_pairs).mean()
+        output = self.decoder(z.flatten(0, 1)).to(x.dtype)  # (K * B, n_inputs), float32 also under autocast
+        with torch.autocast(x.device.type, enabled=False):  # the rate and the reductions stay in full precision
+            distortion = self._distortion.per_sample(output, x.repeat(n_samples, 1)).mean()
+            rate = self._rate(mu, logvar, eps, generator, n_pairs).mean()
         return LossTerms(distortion + self.config.beta * rate, distortion, rate)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +16,11 @@ from tqdm.auto import tqdm
 
 from ipae.models import AutoEncoder
 
-__all__ = ["train", "TrainResult", "TrainingDiverged", "check_data", "resolve_device"]
+__all__ = ["train", "TrainResult", "TrainingDiverged", "check_data", "resolve_device", "PRECISIONS"]
+
+# "fp32": everything in float32. "bf16": the layers' matmuls and activations in bfloat16 (autocast),
+# the parameters, the optimiser, the rate term and the loss reduction in float32.
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -48,6 +55,23 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return device
 
 
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed blocks of up to 32 MiB in the heap instead of returning them to the OS.
+
+    By default glibc unmaps a large block when it is freed, so every training step page-faults its
+    activations back in (about 4000 faults a step for the toy model, a third of its time). Raising
+    M_MMAP_THRESHOLD and M_TRIM_THRESHOLD stops that, at the price of a resident heap that does not
+    shrink. Process-wide, done once; returns False where there is no glibc (then nothing changes).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30))
+
+
 def check_data(data: Tensor, n_inputs: int) -> None:
     """Raise ValueError unless `data` is a non-empty, finite (N, n_inputs) floating tensor."""
     if not isinstance(data, Tensor):
@@ -80,6 +104,7 @@ def train(
     n_pairs: int | None = 1,
     n_samples: int = 1,
     seed: int = 0,
+    precision: str = "fp32",
     progress: bool | None = None,
     log_every: int = 100,
 ) -> TrainResult:
@@ -88,6 +113,7 @@ def train(
     Defaults are the paper's (section 4.1): Adam, lr 1e-3, batch 512, 5000 steps, K = 1 noise draw,
     N_j = `n_pairs` = 1 partner (None: all pairs). A batch larger than N is cut to N. `seed` fixes the
     batches, the noise and the partners: the same seed and model give the same result on a device.
+    `precision`: a key of PRECISIONS; "bf16" trades precision in the layers for speed.
     `progress`: a progress bar (None: only on a terminal). Every `log_every` steps the loop checks the
     loss once (one host sync) and raises `TrainingDiverged` at the first non-finite step.
     """
@@ -98,19 +124,25 @@ def train(
         raise ValueError(f"lr must be > 0, got {lr}")
     if n_pairs is not None and n_pairs < 1:
         raise ValueError(f"n_pairs must be >= 1 or None (all pairs), got {n_pairs}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     device = next(model.parameters()).device
     data = data.to(device=device, dtype=next(model.parameters()).dtype)
     batch_size = min(batch_size, data.shape[0])
     indices = _batch_indices(data.shape[0], batch_size, steps, torch.Generator().manual_seed(seed)).to(device)
     generator = torch.Generator(device).manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True)  # one kernel for all parameters
+    autocast_dtype = PRECISIONS[precision]
+    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    keep_freed_memory()
     history = torch.empty(steps, 3, device=device)  # (steps, [loss, distortion, rate]), read every log_every
     show = sys.stderr.isatty() if progress is None else progress
     model.train()
     start = time.perf_counter()
     with tqdm(total=steps, disable=not show, desc="train", unit="step", leave=False) as bar:
         for step in range(steps):
-            terms = model.loss(data[indices[step]], generator=generator, n_pairs=n_pairs, n_samples=n_samples)
+            with autocast:
+                terms = model.loss(data[indices[step]], generator=generator, n_pairs=n_pairs, n_samples=n_samples)
             optimizer.zero_grad(set_to_none=True)
             terms.loss.backward()
             optimizer.step()
