@@ -75,20 +75,26 @@ class _DenseFunction(torch.autograd.Function):
 
 
 class Dense(nn.Module):
-    """activation(x @ W^T + b); (B, in_features) -> (B, out_features). `activation` None is linear."""
+    """activation(x @ W^T + b); (B, in_features) -> (B, out_features). `activation` None is linear.
 
-    def __init__(self, in_features: int, out_features: int, activation: str | None = None) -> None:
+    The initial weights are drawn from `generator` (None: torch's global generator).
+    """
+
+    def __init__(
+        self, in_features: int, out_features: int, activation: str | None = None, *, generator: torch.Generator | None = None
+    ) -> None:
         super().__init__()
         if activation is not None and activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose from {', '.join(sorted(ACTIVATIONS))}")
         self.in_features, self.out_features, self.activation = in_features, out_features, activation
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features))
-        self.reset_parameters(None)
+        self.reset_parameters(generator)
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None) -> None:
-        """PyTorch's default Linear init: uniform with bound 1/sqrt(in_features), from `generator`."""
+        """PyTorch's default Linear init: uniform with bound 1/sqrt(in_features), drawn from `generator`
+        (None: torch's global generator, as nn.Linear does)."""
         bound = 1.0 / math.sqrt(self.in_features)
         self.weight.uniform_(-bound, bound, generator=generator)
         self.bias.uniform_(-bound, bound, generator=generator)

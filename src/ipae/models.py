@@ -105,8 +105,8 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
-def _mlp(sizes: tuple[int, ...], activation: str) -> nn.Sequential:
-    return nn.Sequential(*(Dense(n_in, n_out, activation) for n_in, n_out in pairwise(sizes)))
+def _mlp(sizes: tuple[int, ...], activation: str, generator: torch.Generator) -> nn.Sequential:
+    return nn.Sequential(*(Dense(n_in, n_out, activation, generator=generator) for n_in, n_out in pairwise(sizes)))
 
 
 class AutoEncoder(nn.Module):
@@ -119,15 +119,15 @@ class AutoEncoder(nn.Module):
     def __init__(self, config: ModelConfig = ModelConfig(), *, seed: int = 0) -> None:
         super().__init__()
         self.config = config
-        self.body = _mlp((config.n_inputs, *config.hidden), config.activation)
-        self.heads = Dense(config.hidden[-1], 2 * config.n_latent)  # mu and the raw logvar, side by side
+        generator = torch.Generator().manual_seed(seed)  # the initial weights, without global random state
+        self.body = _mlp((config.n_inputs, *config.hidden), config.activation, generator)
+        self.heads = Dense(config.hidden[-1], 2 * config.n_latent, generator=generator)  # mu and the raw logvar, side by side
         self.decoder = nn.Sequential(
-            _mlp((config.n_latent, *config.hidden), config.activation),
-            Dense(config.hidden[-1], config.n_inputs),
+            _mlp((config.n_latent, *config.hidden), config.activation, generator),
+            Dense(config.hidden[-1], config.n_inputs, generator=generator),
         )
         self._rate = RATES[config.rate]
         self._distortion = DISTORTIONS[config.distortion]
-        self.reset_parameters(torch.Generator().manual_seed(seed))
 
     @classmethod
     def from_preset(cls, name: str, *, seed: int = 0, **overrides) -> AutoEncoder:
