@@ -24,7 +24,16 @@ def trained_run(tmp_path_factory):
 def test_toy_end_to_end(trained_run, capsys):
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["status"] == "ok"
-    assert metrics["config"] == {"model": "vae", "beta": 1.0, "n_pairs": 1, "steps": 20, "batch_size": 512, "lr": 0.001, "seed": 0}
+    assert metrics["config"] == {
+        "model": "vae",
+        "beta": 1.0,
+        "n_pairs": 1,
+        "steps": 20,
+        "batch_size": 512,
+        "lr": 0.001,
+        "seed": 0,
+        "precision": "fp32",
+    }
     assert {"E", "E_sampled", "E_identity", "train_seconds"} <= metrics.keys()
     assert sorted(p.name for p in trained_run.iterdir()) == ["metrics.json", "model.json", "model.pt", "reconstruction.png"]
 
@@ -82,6 +91,7 @@ def test_a_diverged_run_is_recorded_as_failed(tmp_path, monkeypatch, capsys):
         (["reproduce", "figure9"], "invalid choice: 'figure9'"),
         (["toy", "--unknown-option", "1"], "unrecognized arguments"),
         (["toy", "--device", "tpu"], "unknown device 'tpu'"),
+        (["toy", "--precision", "fp16"], "invalid choice: 'fp16'"),
     ],
 )
 def test_bad_options_are_one_line_and_exit_2(tmp_path, args, message):

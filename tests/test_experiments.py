@@ -3,6 +3,7 @@ import math
 import operator
 
 import pytest
+import torch
 
 from ipae.experiments.figure1 import IPAE_BETAS, VAE_BETAS, figure1_runs, summary
 from ipae.experiments.parallel import map_runs
@@ -20,6 +21,12 @@ def test_a_short_toy_run_writes_its_metrics_panel_and_model(tmp_path):
     assert outcome.metrics["E"] == metrics["E"] and outcome.reconstruction.shape == (5000, 2)
     assert (tmp_path / "run" / "reconstruction.png").read_bytes().startswith(PNG_MAGIC)
     assert (tmp_path / "run" / "model.pt").exists() and (tmp_path / "run" / "model.json").exists()
+
+
+def test_a_bf16_toy_run_trains_in_bf16_and_reports_float_metrics(tmp_path):
+    outcome = run_toy(ToyRun(model="vae", beta=1.0, steps=30, precision="bf16"), tmp_path / "run", progress=False)
+    assert outcome.metrics["status"] == "ok" and outcome.metrics["config"]["precision"] == "bf16"
+    assert outcome.reconstruction.dtype == torch.float32 and 0 < outcome.metrics["E"] < 10
 
 
 def test_the_figure1_grid_covers_both_models_fairly():

@@ -17,3 +17,8 @@ def test_the_readme_has_python_examples():
 def test_readme_example_runs(index):
     code = BLOCKS[index].replace("steps=5000", "steps=10")
     exec(compile(code, f"README.md example {index + 1}", "exec"), {})
+
+
+def test_the_readme_shows_the_generated_figure1_table():
+    generated = README.parent / "docs" / "figure1" / "figure1.md"
+    assert generated.read_text().strip() in README.read_text()

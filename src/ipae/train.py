@@ -148,9 +148,10 @@ def train(
             optimizer.step()
             history[step] = torch.stack(terms).detach()
             if (step + 1) % log_every == 0 or step + 1 == steps:
-                checked = history[step + 1 - ((step % log_every) + 1) : step + 1, 0]
+                window_start = step - step % log_every
+                checked = history[window_start : step + 1, 0]  # the losses since the last check
                 if not torch.isfinite(checked).all():
-                    first = step + 1 - checked.numel() + int((~torch.isfinite(checked)).nonzero()[0])
+                    first = window_start + int((~torch.isfinite(checked)).nonzero()[0])
                     raise TrainingDiverged(first, _result(history[: first + 1], time.perf_counter() - start))
                 bar.set_postfix(loss=f"{float(checked[-1]):.4g}", refresh=False)
                 bar.update(checked.numel())

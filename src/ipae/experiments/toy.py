@@ -33,6 +33,7 @@ class ToyRun:
     batch_size: int = 512  # section 4.1
     lr: float = 1e-3  # section 4.1, Adam
     seed: int = 0  # data, initial weights, batches and noise
+    precision: str = "fp32"  # a key of ipae.train.PRECISIONS; "bf16" is faster, fp32 is the reference
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -71,7 +72,15 @@ def run_toy(run: ToyRun, out: Path, *, device: str | torch.device | None = None,
     }
     try:
         result = train(
-            model, data.x, steps=run.steps, batch_size=run.batch_size, lr=run.lr, n_pairs=run.n_pairs, seed=train_seed, progress=progress
+            model,
+            data.x,
+            steps=run.steps,
+            batch_size=run.batch_size,
+            lr=run.lr,
+            n_pairs=run.n_pairs,
+            seed=train_seed,
+            precision=run.precision,
+            progress=progress,
         )
     except TrainingDiverged as diverged:
         metrics |= {"status": "failed", "error": str(diverged), "failed_step": diverged.step, "train_seconds": diverged.result.seconds}
