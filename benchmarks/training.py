@@ -201,6 +201,32 @@ def encode_table(preset: str, data: torch.Tensor) -> list[dict]:
     return rows
 
 
+def matmul_floor(preset: str, repeats: int) -> list[dict]:
+    """The step's matmul work (forward, input and weight gradients; none for the data's own gradient)
+    at the matmul rate this machine reaches on the model's largest layer, in fp32 and bf16."""
+    config = AutoEncoder.from_preset(preset).config
+    layers = [(config.n_inputs, config.hidden[0]), (config.hidden[0], 2 * config.n_latent)]
+    layers += [(config.n_latent, config.hidden[0]), (config.hidden[0], config.n_inputs)]
+    batch = 512
+    flops = sum(2 * batch * n_in * n_out * (2 if index == 0 else 3) for index, (n_in, n_out) in enumerate(layers))
+    n_in, n_out = max(layers, key=lambda layer: layer[0] * layer[1])
+    rows = []
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.rand(batch, n_in, dtype=dtype), torch.rand(n_in, n_out, dtype=dtype)
+        ms = time_call(lambda a=a, b=b: a @ b, repeats * 20)
+        rate = 2 * batch * n_in * n_out / ms / 1e6  # GFLOP/s
+        rows.append(
+            {
+                "model": preset,
+                "dtype": name,
+                "GFLOP per step": flops / 1e9,
+                "GFLOP/s (largest layer)": rate,
+                "floor ms/step": flops / rate / 1e6,
+            }
+        )
+    return rows
+
+
 def machine() -> str:
     name = platform.processor() or platform.machine()
     try:
@@ -259,6 +285,10 @@ def main() -> None:
     )
     title = "MNIST model (784-1024-8/8-1024-784, sigmoid, Bernoulli, batch 512): one training step"
     report(title, step_table(mnist_times, "plain eager fp32, fresh process"), baseline_note)
+    report(
+        "Matmul floor: the step's matmuls alone at this machine's matmul rate",
+        matmul_floor("toy", args.repeats) + matmul_floor("mnist", args.repeats),
+    )
     report("Rate terms alone (B = 512, D = 8)", rate_table(statistics.median(mnist_times["ipae fp32"]), args.repeats))
     report("All-pairs rate at scale (O(B * D) memory)", [all_pairs_at_scale(100_000, 16)])
     report("Encoding throughput (no grad, batches of 4096)", encode_table("toy", toy) + encode_table("mnist", mnist_like))
