@@ -33,6 +33,7 @@ def test_toy_end_to_end(trained_run, capsys):
         "lr": 0.001,
         "seed": 0,
         "precision": "fp32",
+        "rate": None,
     }
     assert {"E", "E_sampled", "E_identity", "train_seconds"} <= metrics.keys()
     assert sorted(p.name for p in trained_run.iterdir()) == ["metrics.json", "model.json", "model.pt", "reconstruction.png"]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ipae import __version__
+from ipae.models import RATES
 from ipae.train import PRECISIONS
 
 EXIT_BAD_INPUT = 2
@@ -59,6 +60,7 @@ def _build_parser() -> argparse.ArgumentParser:
     toy = commands.add_parser("toy", help="train one model on the paper's 25-Gaussian toy task")
     toy.add_argument("--model", choices=("ipae", "vae"), default="ipae")
     toy.add_argument("--beta", type=_non_negative_float, default=0.01, help="weight of the rate term (default 0.01)")
+    toy.add_argument("--rate", choices=tuple(RATES), help="the bound on I(x; z) to train with (default: ip for ipae, vae for vae)")
     toy.add_argument("--n-pairs", type=_pairs, default=1, help="IPAE partners per sample N_j, or 'all' (default 1)")
     toy.add_argument("--steps", type=_positive_int, default=5000)
     toy.add_argument("--batch-size", type=_positive_int, default=512)
@@ -67,13 +69,21 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_output_options(toy)
 
     reproduce = commands.add_parser("reproduce", help="reproduce one of the paper's figures")
-    reproduce.add_argument("figure", choices=("figure1",))
+    reproduce.add_argument(
+        "figure", choices=("figure1", "rate-distortion"), help="figure1: the paper's toy study; rate-distortion: tighter rate terms"
+    )
     reproduce.add_argument("--steps", type=_positive_int, default=5000, help="training steps per run (paper: 5000)")
     reproduce.add_argument("--seed", type=int, default=0)
     reproduce.add_argument(
         "--jobs", type=_positive_int, default=os.cpu_count() or 1, help="runs in parallel, one thread each (default: one per core)"
     )
     _add_output_options(reproduce)
+
+    info = commands.add_parser("info", help="bounds and a Monte Carlo estimate of I(x; z) for a trained model on data")
+    info.add_argument("model_dir", type=Path, help="a model or run directory holding model.json and model.pt")
+    info.add_argument("data", type=Path, help="a .npy array (samples, features)")
+    info.add_argument("--samples", type=_positive_int, default=16, help="Monte Carlo draws per data point (default 16)")
+    info.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo draws")
 
     encode = commands.add_parser("encode", help="encode a .npy array with a trained model")
     encode.add_argument("model_dir", type=Path, help="a run directory holding model.json and model.pt")
@@ -109,6 +119,7 @@ def _toy(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
         precision=args.precision,
+        rate=args.rate,
     )
     device = resolve_device(args.device)
     with staged_directory(args.out, overwrite=args.overwrite) as stage:
@@ -124,13 +135,18 @@ def _toy(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from ipae.experiments.figure1 import reproduce_figure1, summary
+    from ipae.experiments import figure1, rate_distortion
     from ipae.results import markdown_table, staged_directory
     from ipae.train import resolve_device
 
+    experiments = {
+        "figure1": (figure1, figure1.reproduce_figure1),
+        "rate-distortion": (rate_distortion, rate_distortion.reproduce_rate_distortion),
+    }
+    module, reproduce = experiments[args.figure]
     device = resolve_device(args.device)
     with staged_directory(args.out, overwrite=args.overwrite) as stage:
-        rows = reproduce_figure1(
+        rows = reproduce(
             stage,
             steps=args.steps,
             seed=args.seed,
@@ -139,9 +155,33 @@ def _reproduce(args: argparse.Namespace) -> int:
             device=device,
             progress=False if args.quiet else None,
         )
-    print(markdown_table(rows, ("model", "beta", "status", "E", "E_sampled", "train_seconds")), end="")
-    print(summary(rows))
-    print(f"-> {args.out}/figure1.md, figure1.csv, figure1.json, figure1.png")
+    print(markdown_table(rows, module.COLUMNS), end="")
+    print(module.summary(rows))
+    print(f"-> {args.out}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from ipae.data.arrays import load_array
+    from ipae.mixture import mutual_information
+    from ipae.results import load_model
+
+    model = load_model(args.model_dir).double()
+    x = torch.from_numpy(load_array(args.data, n_features=model.config.n_inputs)).double()
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+        generator = torch.Generator().manual_seed(args.seed)
+        estimates = {
+            method: float(mutual_information(mu, logvar, method=method, generator=generator, n_samples=args.samples))
+            for method in ("bhattacharyya", "mc", "pairwise-kl", "jensen")
+        }
+    n, d = mu.shape
+    print(f"I(x; z) in nats of {args.model_dir} on {n} points of {args.data} (codes of dimension {d}):")
+    print(f"  lower bound (Bhattacharyya)      {estimates['bhattacharyya']:.4f}")
+    print(f"  Monte Carlo ({args.samples} draws per point)  {estimates['mc']:.4f}")
+    print(f"  upper bound (pairwise KL)        {estimates['pairwise-kl']:.4f}")
+    print(f"  Jensen bound (eq. 10 - D/2)      {estimates['jensen']:.4f}")
+    print(f"  log N, the most a mixture of N components can carry: {math.log(n):.4f}")
     return 0
 
 
@@ -170,7 +210,7 @@ def _save_npy(array: np.ndarray, path: Path) -> None:
         np.save(file, array, allow_pickle=False)
 
 
-COMMANDS = {"toy": _toy, "reproduce": _reproduce, "encode": _encode}
+COMMANDS = {"toy": _toy, "reproduce": _reproduce, "info": _info, "encode": _encode}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,8 @@ from torch import Tensor, nn
 
 from ipae.information import draw_partners, gaussian_kl, information_potential
 from ipae.layers import ACTIVATIONS, Dense
+from ipae.mixture import CHUNK_SIZE
+from ipae.mixture import METHODS as MIXTURE_METHODS
 
 __all__ = ["ModelConfig", "PRESETS", "AutoEncoder", "LossTerms", "RATES", "DISTORTIONS"]
 
@@ -32,21 +34,36 @@ class LossTerms(NamedTuple):
     rate: Tensor
 
 
-# A rate term maps (mu (B, D), logvar (B, D), eps (K, B, D), generator, n_pairs) to (B,) nats.
+# A rate term maps (mu (B, D), logvar (B, D), eps (K, B, D), generator, n_pairs) to the batch's bound
+# on I(x; z) in nats, a scalar.
 RateTerm = Callable[[Tensor, Tensor, Tensor, torch.Generator, "int | None"], Tensor]
 
 
 def _prior_kl_rate(mu: Tensor, logvar: Tensor, eps: Tensor, generator: torch.Generator, n_pairs: int | None) -> Tensor:
-    return gaussian_kl(mu, logvar)
+    return gaussian_kl(mu, logvar).mean()
 
 
 def _information_potential_rate(mu: Tensor, logvar: Tensor, eps: Tensor, generator: torch.Generator, n_pairs: int | None) -> Tensor:
     partners = None if n_pairs is None else draw_partners(mu.shape[0], n_pairs, generator)
-    return information_potential(mu, logvar, eps, partners)
+    return information_potential(mu, logvar, eps, partners).mean()
 
 
-# "vae": beta-VAE's KL to N(0, I) (eq. 5); "ip": IPAE's information potential (eq. 10).
-RATES: dict[str, RateTerm] = {"vae": _prior_kl_rate, "ip": _information_potential_rate}
+def _mixture_rate(method: str) -> RateTerm:
+    estimate = MIXTURE_METHODS[method]
+
+    def rate(mu: Tensor, logvar: Tensor, eps: Tensor, generator: torch.Generator, n_pairs: int | None) -> Tensor:
+        return estimate(mu, logvar, generator, eps.shape[0], CHUNK_SIZE)  # all pairs of the batch; "mc": K draws
+
+    return rate
+
+
+# "vae": beta-VAE's KL to N(0, I) (eq. 5); "ip": IPAE's information potential (eq. 10) with N_j partners;
+# the rest are estimates of I(x; z) of the batch mixture over all its pairs (see ipae.mixture):
+# "jensen" (eq. 10's closed-form expectation minus D/2), "pairwise-kl" (a tighter upper bound),
+# "bhattacharyya" (a lower bound) and "mc" (Monte Carlo with K draws per sample).
+RATES: dict[str, RateTerm] = {"vae": _prior_kl_rate, "ip": _information_potential_rate} | {
+    method: _mixture_rate(method) for method in MIXTURE_METHODS
+}
 
 
 class Distortion(NamedTuple):
@@ -167,5 +184,5 @@ class AutoEncoder(nn.Module):
         output = self.decoder(z.flatten(0, 1)).to(x.dtype)  # (K * B, n_inputs), float32 also under autocast
         with torch.autocast(x.device.type, enabled=False):  # the rate and the reductions stay in full precision
             distortion = self._distortion.per_sample(output, x.repeat(n_samples, 1)).mean()
-            rate = self._rate(mu, logvar, eps, generator, n_pairs).mean()
+            rate = self._rate(mu, logvar, eps, generator, n_pairs)
         return LossTerms(distortion + self.config.beta * rate, distortion, rate)

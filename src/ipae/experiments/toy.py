@@ -16,9 +16,9 @@ from ipae.models import AutoEncoder
 from ipae.results import save_model, save_png, write_json
 from ipae.train import TrainingDiverged, resolve_device, train
 
-__all__ = ["MODELS", "ToyRun", "ToyOutcome", "run_toy", "draw_reconstruction"]
+__all__ = ["MODELS", "ToyRun", "ToyOutcome", "run_toy", "draw_reconstruction", "child_seeds"]
 
-# The CLI's model names and the rate term each one trains with.
+# The CLI's model names and the rate term each one trains with unless told otherwise.
 MODELS = {"ipae": "ip", "vae": "vae"}
 
 
@@ -34,6 +34,7 @@ class ToyRun:
     lr: float = 1e-3  # section 4.1, Adam
     seed: int = 0  # data, initial weights, batches and noise
     precision: str = "fp32"  # a key of ipae.train.PRECISIONS; "bf16" is faster, fp32 is the reference
+    rate: str | None = None  # a key of ipae.models.RATES; None: the model's own (MODELS)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -46,7 +47,7 @@ class ToyOutcome(NamedTuple):
     reconstruction: torch.Tensor | None  # (N, 2) decoded mean codes; None when training diverged
 
 
-def _child_seeds(seed: int, count: int) -> list[int]:
+def child_seeds(seed: int, count: int) -> list[int]:
     """Independent seeds for the data, the weights and the training stream, all from `seed`."""
     return [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(count)]
 
@@ -61,9 +62,9 @@ def run_toy(run: ToyRun, out: Path, *, device: str | torch.device | None = None,
     """
     device = resolve_device(device)
     out.mkdir(exist_ok=True)
-    data_seed, model_seed, train_seed = _child_seeds(run.seed, 3)
+    data_seed, model_seed, train_seed = child_seeds(run.seed, 3)
     data = gaussian_grid(seed=data_seed)
-    model = AutoEncoder.from_preset("toy", rate=MODELS[run.model], beta=run.beta, seed=model_seed).to(device)
+    model = AutoEncoder.from_preset("toy", rate=run.rate or MODELS[run.model], beta=run.beta, seed=model_seed).to(device)
     metrics: dict = {
         "device": str(device),
         "config": asdict(run),

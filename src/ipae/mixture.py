@@ -1,0 +1,197 @@
+"""Entropy of the batch mixture and I(x; z), by bounds and by Monte Carlo.
+
+The encoder's codes of N samples define the mixture p(z) = 1/N sum_j p_j with p_j = N(mu_j, diag s_j),
+s = exp(logvar); I(x; z) = H(p) - mean_i H(p_i). Methods, in nats:
+
+- "jensen": the paper's bound (eqs. 7-10 with the exact H(z|x)): I <= mean_ij KL(p_i || p_j).
+  It equals the expectation over eps of eq. 10 minus D/2.
+- "pairwise-kl": the upper bound of Kolchinsky & Tracey (2017), I <= -mean_i log mean_j exp(-KL(p_i || p_j)).
+- "bhattacharyya": their lower bound, I >= -mean_i log mean_j exp(-BD(p_i, p_j)), with the
+  Bhattacharyya distance BD.
+- "mc": Monte Carlo of eq. 7 before Jensen's inequality, as I = mean_ik log(p_i(z_ik) / p(z_ik)), z_ik ~ p_i.
+
+Pairwise quantities are computed block by block (chunk_size x chunk_size pairs at a time) with a
+running log-sum-exp over the partner blocks, so memory is O(N * D + chunk_size^2) and N = 100 000 fits.
+All functions are differentiable, deterministic (except "mc", which draws from a given generator),
+and run in the input's dtype on its device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ipae.information import conditional_entropy
+
+__all__ = ["METHODS", "mixture_entropy", "mutual_information", "pairwise_kl", "bhattacharyya_distance"]
+
+CHUNK_SIZE = 1024  # 1024 x 1024 pairs a block: 8 MiB per float64 matrix
+
+
+def _check(mu: Tensor, logvar: Tensor, chunk_size: int) -> None:
+    if mu.ndim != 2 or mu.shape[0] == 0 or mu.shape[1] == 0:
+        raise ValueError(f"mu must have shape (N, D) with N, D >= 1, got {tuple(mu.shape)}")
+    if logvar.shape != mu.shape:
+        raise ValueError(f"logvar must have the shape of mu {tuple(mu.shape)}, got {tuple(logvar.shape)}")
+    if not (torch.isfinite(mu).all() and torch.isfinite(logvar).all()):
+        raise ValueError("mu and logvar must be finite (no NaN or inf)")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+
+def _weighted_square_distance(a: Tensor, b: Tensor, weight: Tensor) -> Tensor:
+    """sum_d (a_id - b_jd)^2 * weight_jd for all i, j: (I, D), (J, D), (J, D) -> (I, J).
+
+    Expanded into matmuls after centring both on b's weighted mean, so it stays accurate when the
+    means share a large offset; round-off below zero is clipped.
+    """
+    centre = (weight * b).sum(dim=0) / weight.sum(dim=0)  # (D,)
+    a, b = a - centre, b - centre
+    squared = a.square() @ weight.T - 2 * a @ (weight * b).T + (weight * b.square()).sum(dim=1)  # (I, J)
+    return squared.clamp_min(0)
+
+
+def pairwise_kl(mu_i: Tensor, logvar_i: Tensor, mu_j: Tensor, logvar_j: Tensor) -> Tensor:
+    """KL(p_i || p_j) for every pair of diagonal Gaussians: (I, D) x 2, (J, D) x 2 -> (I, J).
+
+    0.5 * sum_d [logvar_j - logvar_i + (s_i + (mu_i - mu_j)^2) / s_j - 1].
+    """
+    precision_j = (-logvar_j).exp()  # (J, D)
+    trace = logvar_i.exp() @ precision_j.T  # (I, J): sum_d s_i / s_j
+    log_det = logvar_j.sum(dim=1) - logvar_i.sum(dim=1)[:, None]  # (I, J)
+    return 0.5 * (log_det + trace + _weighted_square_distance(mu_i, mu_j, precision_j) - mu_i.shape[1])
+
+
+def bhattacharyya_distance(mu_i: Tensor, logvar_i: Tensor, mu_j: Tensor, logvar_j: Tensor) -> Tensor:
+    """BD(p_i, p_j) for every pair of diagonal Gaussians: (I, D) x 2, (J, D) x 2 -> (I, J).
+
+    sum_d [(mu_i - mu_j)^2 / (4 (s_i + s_j)) + 0.5 log((s_i + s_j) / 2) - 0.25 (log s_i + log s_j)].
+    The average variance couples i and j inside the log, so this builds an (I, J, D) tensor.
+    """
+    total_variance = logvar_i.exp()[:, None] + logvar_j.exp()[None]  # (I, J, D): s_i + s_j
+    per_dim = (mu_i[:, None] - mu_j[None]).square() / (4 * total_variance) + 0.5 * total_variance.log()  # (I, J, D)
+    constant = 0.5 * math.log(2) * mu_i.shape[1]  # the 1/2 of the average variance, (s_i + s_j) / 2
+    return per_dim.sum(dim=2) - 0.25 * (logvar_i.sum(dim=1)[:, None] + logvar_j.sum(dim=1)[None]) - constant
+
+
+def _log_mean_exp_of_negative(
+    divergence: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor], mu: Tensor, logvar: Tensor, chunk_size: int
+) -> Tensor:
+    """mean_i log mean_j exp(-divergence(p_i, p_j)), block by block with a running log-sum-exp."""
+    n = mu.shape[0]
+    total = mu.new_zeros(())
+    for start in range(0, n, chunk_size):
+        rows = slice(start, start + chunk_size)
+        running = None  # (I,): log sum_j exp(-divergence) over the blocks seen so far
+        for partner_start in range(0, n, chunk_size):
+            columns = slice(partner_start, partner_start + chunk_size)
+            block = torch.logsumexp(-divergence(mu[rows], logvar[rows], mu[columns], logvar[columns]), dim=1)  # (I,)
+            running = block if running is None else torch.logaddexp(running, block)
+        total = total + running.sum()
+    return total / n - math.log(n)
+
+
+def _jensen(mu: Tensor, logvar: Tensor, generator: torch.Generator | None, n_samples: int, chunk_size: int) -> Tensor:
+    """mean_ij KL(p_i || p_j) in closed form, O(N * D) time and memory: the double sum factorises."""
+    n, d = mu.shape
+    precision = (-logvar).exp()  # (N, D)
+    total_precision = precision.sum(dim=0)  # (D,)
+    centre = (precision * mu).sum(dim=0) / total_precision  # (D,)
+    spread = (precision * (mu - centre).square()).sum(dim=0)  # (D,): sum_j w_j (mu_j - m)^2
+    # mean_ij (mu_i - mu_j)^2 w_j = (1/N^2) sum_i [spread + W (mu_i - m)^2]   (parallel-axis theorem)
+    square_term = (spread.sum() * n + (total_precision * (mu - centre).square()).sum()) / n**2
+    trace_term = (logvar.exp().sum(dim=0) * total_precision).sum() / n**2  # mean_ij sum_d s_i / s_j
+    # The log-determinant term, mean_ij sum_d (logvar_j - logvar_i), vanishes in the double mean.
+    return 0.5 * (trace_term + square_term - d)
+
+
+def _pairwise_kl(mu: Tensor, logvar: Tensor, generator: torch.Generator | None, n_samples: int, chunk_size: int) -> Tensor:
+    return -_log_mean_exp_of_negative(pairwise_kl, mu, logvar, chunk_size)
+
+
+def _bhattacharyya(mu: Tensor, logvar: Tensor, generator: torch.Generator | None, n_samples: int, chunk_size: int) -> Tensor:
+    # BD builds (I, J, D) blocks: shrink the block so that it holds about chunk_size^2 numbers.
+    block = max(1, int(chunk_size / math.sqrt(mu.shape[1])))
+    return -_log_mean_exp_of_negative(bhattacharyya_distance, mu, logvar, block)
+
+
+def _log_mixture_density(z: Tensor, mu: Tensor, logvar: Tensor, chunk_size: int) -> Tensor:
+    """log p(z) = log mean_j N(z; mu_j, s_j) for each row of z: (M, D) -> (M,), block by block."""
+    n, d = mu.shape
+    log_normaliser = -0.5 * (d * math.log(2 * math.pi) + logvar.sum(dim=1))  # (N,)
+    precision = (-logvar).exp()
+    running = None
+    for start in range(0, n, chunk_size):
+        columns = slice(start, start + chunk_size)
+        log_density = log_normaliser[columns] - 0.5 * _weighted_square_distance(z, mu[columns], precision[columns])  # (M, J)
+        block = torch.logsumexp(log_density, dim=1)
+        running = block if running is None else torch.logaddexp(running, block)
+    return running - math.log(n)
+
+
+def _monte_carlo(mu: Tensor, logvar: Tensor, generator: torch.Generator | None, n_samples: int, chunk_size: int) -> Tensor:
+    """I = mean_ik [log p_i(z_ik) - log p(z_ik)], z_ik = mu_i + s_i^0.5 eps_ik: O(S N^2 D) time.
+
+    The log-ratio form (rather than -mean log p(z) minus the exact H(z|x)) cancels the noise that both
+    terms share: it is exact, sample by sample, for identical or for far-apart components.
+    """
+    if generator is None:
+        raise ValueError('method "mc" needs a generator (torch.Generator) for its draws')
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    d = mu.shape[1]
+    eps = torch.randn((n_samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)  # (S, N, D)
+    z = (mu + (0.5 * logvar).exp() * eps).flatten(0, 1)  # (S * N, D)
+    log_own = (-0.5 * (d * math.log(2 * math.pi) + logvar.sum(dim=1) + eps.square().sum(dim=2))).flatten()  # (S * N,): log p_i(z_ik)
+    log_mixture = torch.cat(
+        [_log_mixture_density(z[start : start + chunk_size], mu, logvar, chunk_size) for start in range(0, len(z), chunk_size)]
+    )
+    return (log_own - log_mixture).mean()
+
+
+# name -> I(x; z) of the batch mixture, (mu, logvar, generator, n_samples, chunk_size) -> scalar
+METHODS: dict[str, Callable[[Tensor, Tensor, torch.Generator | None, int, int], Tensor]] = {
+    "jensen": _jensen,
+    "pairwise-kl": _pairwise_kl,
+    "bhattacharyya": _bhattacharyya,
+    "mc": _monte_carlo,
+}
+
+
+def mutual_information(
+    mu: Tensor,
+    logvar: Tensor,
+    *,
+    method: str,
+    generator: torch.Generator | None = None,
+    n_samples: int = 1,
+    chunk_size: int = CHUNK_SIZE,
+) -> Tensor:
+    """I(x; z) in nats of the mixture of N(mu_i, diag exp(logvar_i)): (N, D), (N, D) -> scalar.
+
+    `method`: a key of METHODS. Cost: "jensen" O(N D) time and memory; "pairwise-kl" O(N^2 D) time,
+    O(N D + chunk_size^2) memory; "bhattacharyya" the same with blocks of about chunk_size^2 numbers;
+    "mc" O(n_samples N^2 D) time, O(n_samples N D + chunk_size^2) memory, draws from `generator`.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    _check(mu, logvar, chunk_size)
+    return METHODS[method](mu, logvar, generator, n_samples, chunk_size)
+
+
+def mixture_entropy(
+    mu: Tensor,
+    logvar: Tensor,
+    *,
+    method: str,
+    generator: torch.Generator | None = None,
+    n_samples: int = 1,
+    chunk_size: int = CHUNK_SIZE,
+) -> Tensor:
+    """H(z) in nats of the mixture of N(mu_i, diag exp(logvar_i)), by `method` (see `mutual_information`):
+    the mean exact conditional entropy plus that method's I(x; z). (N, D), (N, D) -> scalar."""
+    information = mutual_information(mu, logvar, method=method, generator=generator, n_samples=n_samples, chunk_size=chunk_size)
+    return conditional_entropy(logvar).mean() + information

@@ -1,0 +1,196 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ipae.information import information_potential
+from ipae.mixture import METHODS, bhattacharyya_distance, mixture_entropy, mutual_information, pairwise_kl
+
+F64 = torch.float64
+DETERMINISTIC = ("jensen", "pairwise-kl", "bhattacharyya")
+
+
+def _gaussians(n: int, d: int, *, seed: int = 0, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return scale * torch.randn(n, d, generator=generator, dtype=F64), 0.6 * torch.randn(n, d, generator=generator, dtype=F64)
+
+
+# Independent references with Python floats and explicit loops.
+def _kl(mi, li, mj, lj) -> float:
+    return sum(0.5 * (lj[d] - li[d] + (math.exp(li[d]) + (mi[d] - mj[d]) ** 2) / math.exp(lj[d]) - 1) for d in range(len(mi)))
+
+
+def _bd(mi, li, mj, lj) -> float:
+    total = 0.0
+    for d in range(len(mi)):
+        si, sj = math.exp(li[d]), math.exp(lj[d])
+        total += (mi[d] - mj[d]) ** 2 / (4 * (si + sj)) + 0.5 * math.log((si + sj) / 2) - 0.25 * (li[d] + lj[d])
+    return total
+
+
+def _log_normal(z, m, lv) -> float:
+    return sum(-0.5 * (math.log(2 * math.pi) + lv[d] + (z[d] - m[d]) ** 2 / math.exp(lv[d])) for d in range(len(z)))
+
+
+def _reference(method: str, mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None = None) -> float:
+    m, lv, n = mu.tolist(), logvar.tolist(), len(mu)
+    if method == "jensen":
+        return sum(_kl(m[i], lv[i], m[j], lv[j]) for i in range(n) for j in range(n)) / n**2
+    if method in ("pairwise-kl", "bhattacharyya"):
+        distance = _kl if method == "pairwise-kl" else _bd
+        return -sum(math.log(sum(math.exp(-distance(m[i], lv[i], m[j], lv[j])) for j in range(n)) / n) for i in range(n)) / n
+    total, count = 0.0, 0
+    for k in range(eps.shape[0]):
+        for i in range(n):
+            z = [m[i][d] + math.exp(0.5 * lv[i][d]) * float(eps[k, i, d]) for d in range(len(m[i]))]
+            mixture = math.log(sum(math.exp(_log_normal(z, m[j], lv[j])) for j in range(n)) / n)
+            total += _log_normal(z, m[i], lv[i]) - mixture
+            count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("chunk_size", [1024, 3])  # one block, and blocks that do not divide N
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_matches_loops(method, chunk_size):
+    mu, logvar = _gaussians(7, 3, seed=1)
+    generator = torch.Generator().manual_seed(2)
+    replay = torch.Generator().set_state(generator.get_state())
+    value = mutual_information(mu, logvar, method=method, generator=generator, n_samples=3, chunk_size=chunk_size)
+    eps = torch.randn((3, 7, 3), generator=replay, dtype=F64) if method == "mc" else None
+    assert float(value) == pytest.approx(_reference(method, mu, logvar, eps), rel=1e-10)
+
+
+def test_pairwise_divergences_match_loops():
+    mu, logvar = _gaussians(5, 2, seed=3, scale=100.0)  # large means: the expansion must not cancel
+    m, lv = mu.tolist(), logvar.tolist()
+    kl = torch.tensor([[_kl(m[i], lv[i], m[j], lv[j]) for j in range(5)] for i in range(5)], dtype=F64)
+    bd = torch.tensor([[_bd(m[i], lv[i], m[j], lv[j]) for j in range(5)] for i in range(5)], dtype=F64)
+    torch.testing.assert_close(pairwise_kl(mu, logvar, mu, logvar), kl, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(bhattacharyya_distance(mu, logvar, mu, logvar), bd, rtol=1e-9, atol=1e-9)
+
+
+def test_jensen_is_the_expectation_of_eq10_minus_d_over_2():
+    mu, logvar = _gaussians(6, 3, seed=4)
+    m, lv = mu.tolist(), logvar.tolist()
+    # E_eps of eq. 10 = mean_ij 0.5 * sum_d ((mu_j - mu_i)^2 + s_i) / s_j, in closed form
+    expected_eq10 = (
+        sum(
+            0.5 * sum(((m[j][d] - m[i][d]) ** 2 + math.exp(lv[i][d])) / math.exp(lv[j][d]) for d in range(3))
+            for i in range(6)
+            for j in range(6)
+        )
+        / 36
+    )
+    assert float(mutual_information(mu, logvar, method="jensen")) == pytest.approx(expected_eq10 - 3 / 2, rel=1e-12)
+    eps = torch.randn(100_000, 6, 3, generator=torch.Generator().manual_seed(5), dtype=F64)
+    assert float(information_potential(mu, logvar, eps).mean()) == pytest.approx(expected_eq10, rel=0.01)
+
+
+def test_gaussian_channel():
+    # x ~ N(0, I_2), z = x + 0.5 * noise: I = D/2 log(1 + 1/sigma^2) = log 5.
+    generator = torch.Generator().manual_seed(6)
+    mu = torch.randn(2000, 2, generator=generator, dtype=F64)
+    logvar = torch.full_like(mu, math.log(0.25))
+    values = {m: float(mutual_information(mu, logvar, method=m, generator=generator, n_samples=16)) for m in METHODS}
+    assert values["mc"] == pytest.approx(math.log(5), rel=0.05)
+    assert values["bhattacharyya"] <= values["mc"] <= values["pairwise-kl"] <= values["jensen"]
+    assert values["jensen"] == pytest.approx(7.9, abs=0.2)  # eq. 10's looseness on this channel
+
+
+def test_far_apart_components_carry_log_n_and_identical_ones_nothing():
+    generator = torch.Generator().manual_seed(7)
+    far = 1000.0 * torch.arange(50, dtype=F64)[:, None].repeat(1, 3)
+    same = torch.full((50, 3), 2.5, dtype=F64)
+    logvar = torch.zeros(50, 3, dtype=F64)
+    for method in ("pairwise-kl", "bhattacharyya", "mc"):
+        assert float(mutual_information(far, logvar, method=method, generator=generator, n_samples=2)) == pytest.approx(
+            math.log(50), abs=0.01
+        )
+    assert float(mutual_information(far, logvar, method="jensen")) > 1e5
+    for method in METHODS:
+        assert float(mutual_information(same, logvar, method=method, generator=generator, n_samples=2)) == pytest.approx(0.0, abs=0.01)
+
+
+def test_mixture_entropy_adds_the_exact_conditional_entropy():
+    mu, logvar = _gaussians(6, 2, seed=8)
+    conditional = sum(0.5 * (math.log(2 * math.pi * math.e) + v) for row in logvar.tolist() for v in row) / 6
+    for method in DETERMINISTIC:
+        entropy = float(mixture_entropy(mu, logvar, method=method))
+        assert entropy == pytest.approx(conditional + float(mutual_information(mu, logvar, method=method)), rel=1e-12)
+    # For one component the mixture is that Gaussian: its entropy, exactly, by every bound.
+    single = float(mixture_entropy(mu[:1], logvar[:1], method="pairwise-kl"))
+    assert single == pytest.approx(sum(0.5 * (math.log(2 * math.pi * math.e) + v) for v in logvar[0].tolist()), rel=1e-12)
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)  # the same examples on every run
+@given(n=st.integers(2, 8), d=st.integers(1, 3), seed=st.integers(0, 10_000), scale=st.floats(0.1, 5.0))
+def test_bounds_are_ordered_and_invariant(n, d, seed, scale):
+    mu, logvar = _gaussians(n, d, seed=seed, scale=scale)
+    generator = torch.Generator().manual_seed(seed)
+    values = {m: float(mutual_information(mu, logvar, method=m, generator=generator, n_samples=400)) for m in METHODS}
+    tolerance = 0.05 * max(values["pairwise-kl"], 0.05)  # Monte Carlo noise of 400 draws per component
+    assert values["bhattacharyya"] <= values["pairwise-kl"] + 1e-12 <= values["jensen"] + 2e-12
+    assert values["bhattacharyya"] - tolerance <= values["mc"] <= values["pairwise-kl"] + tolerance
+    assert -1e-12 <= values["bhattacharyya"] and values["pairwise-kl"] <= math.log(n) + 1e-12
+    order = torch.randperm(n, generator=generator)
+    shift = torch.randn(d, generator=generator, dtype=F64) * 10
+    for method in DETERMINISTIC:
+        for moved in ((mu[order], logvar[order]), (mu + shift, logvar)):
+            assert float(mutual_information(*moved, method=method)) == pytest.approx(values[method], rel=1e-9, abs=1e-12)
+
+
+def test_deterministic_methods_are_exactly_repeatable():
+    mu, logvar = _gaussians(40, 3, seed=9)
+    for method in DETERMINISTIC:
+        assert torch.equal(
+            mutual_information(mu, logvar, method=method, chunk_size=16), mutual_information(mu, logvar, method=method, chunk_size=16)
+        )
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_gradcheck(method):
+    mu, logvar = (t.requires_grad_() for t in _gaussians(5, 2, seed=10))
+
+    def estimate(m, lv):
+        return mutual_information(m, lv, method=method, generator=torch.Generator().manual_seed(0), n_samples=2, chunk_size=3)
+
+    assert torch.autograd.gradcheck(estimate, (mu, logvar))
+
+
+def test_float32_agrees_with_float64():
+    mu, logvar = _gaussians(300, 4, seed=11, scale=3.0)
+    for method in DETERMINISTIC:
+        value32 = float(mutual_information(mu.float(), logvar.float(), method=method, chunk_size=128))
+        assert value32 == pytest.approx(float(mutual_information(mu, logvar, method=method)), rel=1e-4, abs=1e-4)
+
+
+def test_a_large_batch_in_float32():
+    # N = 20000: the N x N matrix of the pairwise terms would need 1.6 GB; the blocks need 4 MB.
+    mu, logvar = _gaussians(20_000, 4, seed=12)
+    assert 0 < float(mutual_information(mu.float(), logvar.float(), method="pairwise-kl")) < math.log(20_000)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"method": "kde"}, "unknown method 'kde'"),
+        ({"method": "jensen", "chunk_size": 0}, "chunk_size"),
+        ({"method": "mc"}, "needs a generator"),
+        ({"method": "mc", "generator": torch.Generator(), "n_samples": 0}, "n_samples"),
+    ],
+)
+def test_bad_options_are_refused(kwargs, message):
+    mu, logvar = _gaussians(4, 2)
+    with pytest.raises(ValueError, match=message):
+        mutual_information(mu, logvar, **kwargs)
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(ValueError, match="shape"):
+        mutual_information(torch.zeros(4), torch.zeros(4), method="jensen")
+    with pytest.raises(ValueError, match="shape of mu"):
+        mutual_information(torch.zeros(4, 2), torch.zeros(4, 3), method="jensen")
+    with pytest.raises(ValueError, match="finite"):
+        mutual_information(torch.tensor([[0.0, math.nan]]), torch.zeros(1, 2), method="pairwise-kl")
