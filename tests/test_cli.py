@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,3 +142,73 @@ def test_encode_refuses_a_missing_or_damaged_model(trained_run, tmp_path):
     result = ipae("encode", str(damaged), str(tmp_path / "x.npy"), "--out", str(tmp_path / "codes.npy"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "codes.npy").exists()
+
+
+def test_info_prints_the_sandwich_with_known_answers(trained_run, tmp_path, capsys):
+    # Twenty copies of one point: every code is the same Gaussian, so I(x; z) = 0 by every estimate.
+    np.save(tmp_path / "same.npy", np.tile([[1.0, -2.0]], (20, 1)))
+    assert main(["info", str(trained_run), str(tmp_path / "same.npy"), "--samples", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    values = [float(line.split()[-1]) for line in lines[1:5]]
+    assert values == pytest.approx([0.0] * 4, abs=1e-9)
+    assert float(lines[5].split()[-1]) == pytest.approx(np.log(20), abs=1e-4)  # printed to 4 decimals
+    # Points far apart relative to the model's sigma: the lower bound <= MC <= the upper bounds.
+    np.save(tmp_path / "grid.npy", np.stack(np.meshgrid(np.arange(-4.0, 5, 2), np.arange(-4.0, 5, 2)), -1).reshape(-1, 2))
+    assert main(["info", str(trained_run), str(tmp_path / "grid.npy"), "--samples", "64"]) == 0
+    lower, mc, upper, jensen = (float(line.split()[-1]) for line in capsys.readouterr().out.splitlines()[1:5])
+    assert lower <= upper <= jensen and lower - 0.05 <= mc <= upper + 0.05
+
+
+def test_info_refuses_bad_input(trained_run, tmp_path):
+    result = ipae("info", str(trained_run), str(tmp_path / "missing.npy"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no such file" in result.stderr
+
+
+def test_toy_trains_with_a_chosen_rate_term(tmp_path):
+    assert main(["toy", "--rate", "pairwise-kl", "--beta", "1", "--steps", "5", "--quiet", "--out", str(tmp_path / "run")]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["architecture"]["rate"] == "pairwise-kl" and metrics["config"]["rate"] == "pairwise-kl"
+    result = ipae("toy", "--rate", "kde", "--out", str(tmp_path / "other"))
+    assert result.returncode == 2 and "invalid choice: 'kde'" in result.stderr and not (tmp_path / "other").exists()
+
+
+def test_reproduce_rate_distortion_on_a_small_grid(tmp_path, monkeypatch):
+    from ipae.data.toy import gaussian_grid
+    from ipae.experiments import rate_distortion
+
+    monkeypatch.setattr(rate_distortion, "GRID", {"pairwise-kl": ("ipae", (1.0,)), "vae": ("vae", (1.0,))})
+    monkeypatch.setattr(rate_distortion, "gaussian_grid", lambda seed: gaussian_grid(n_per_component=4, seed=seed))  # a quick evaluation
+    out = tmp_path / "rd"
+    assert main(["reproduce", "rate-distortion", "--steps", "3", "--jobs", "1", "--quiet", "--out", str(out)]) == 0
+    rows = json.loads((out / "rate_distortion.json").read_text())
+    assert [(row["rate"], row["status"]) for row in rows] == [("pairwise-kl", "ok"), ("vae", "ok")]
+    for row in rows:
+        assert row["I_bhattacharyya"] <= row["I_pairwise-kl"] <= row["I_jensen"] and row["distortion"] > 0
+        assert row["I_pairwise-kl"] <= np.log(100) + 1e-9  # a mixture of 100 components
+    assert (out / "rate_distortion.png").read_bytes().startswith(b"\x89PNG")
+
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"the real MNIST files are not at {SHARED_MNIST}")
+def test_mnist_end_to_end_on_the_real_files(tmp_path, capsys):
+    out = tmp_path / "mnist"
+    args = ["mnist", "--steps", "3", "--repeats", "1", "--jobs", "1", "--data-dir", str(SHARED_MNIST), "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"svm_error", "svm_error_std", "svm_errors", "failed_repeats", "train_seconds", "config"} <= metrics.keys()
+    assert metrics["config"]["model"] == "ipae" and metrics["config"]["beta"] == 1e-5 and metrics["repeats"] == 1
+    assert "linear-SVM test error" in capsys.readouterr().out
+
+
+def test_mnist_refuses_missing_or_damaged_data_with_one_line(tmp_path):
+    result = ipae("mnist", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (damaged / name).write_bytes(b"\x1f\x8b not really gzip")
+    result = ipae("mnist", "--steps", "1", "--repeats", "1", "--data-dir", str(damaged), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "train-images-idx3-ubyte.gz" in result.stderr
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["damaged"]

@@ -1,10 +1,11 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from ipae.data.toy import gaussian_grid
-from ipae.evaluation import centre_distance
+from ipae.evaluation import centre_distance, linear_svm_error, principal_components
 
 
 def test_centre_distance_known_answers():
@@ -27,3 +28,29 @@ def test_centre_distance_refuses_mismatched_shapes():
         centre_distance(torch.zeros(3, 2), torch.zeros(2, dtype=torch.int64), torch.zeros(1, 2))
     with pytest.raises(ValueError):
         centre_distance(torch.zeros(3, 2), torch.zeros(3, dtype=torch.int64), torch.zeros(1, 3))
+
+
+def test_linear_svm_error_known_answers():
+    generator = np.random.default_rng(0)
+    labels = np.repeat([1, 3, 4], 50)
+    separable = np.eye(3)[np.searchsorted([1, 3, 4], labels)] * 5 + 0.1 * generator.standard_normal((150, 3))
+    assert linear_svm_error(separable, labels, separable, labels) == 0.0
+    # Constant codes carry nothing: the SVM predicts one class and errs on the other two thirds.
+    constant = np.zeros((150, 3))
+    assert linear_svm_error(constant, labels, constant, labels) == pytest.approx(100 * 2 / 3)
+    with pytest.raises(ValueError):
+        linear_svm_error(separable, labels[:-1], separable, labels)
+    with pytest.raises(ValueError):
+        linear_svm_error(separable, labels, separable[:, :2], labels)
+    with pytest.raises(ValueError):
+        linear_svm_error(np.full((150, 3), np.nan), labels, separable, labels)
+
+
+def test_principal_components_match_an_svd():
+    generator = np.random.default_rng(1)
+    codes = generator.standard_normal((200, 5)) @ np.diag([5.0, 2.0, 0.5, 0.1, 0.01])
+    projected = principal_components(codes)
+    centred = codes - codes.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    expected = centred @ vt[:2].T
+    np.testing.assert_allclose(np.abs(projected), np.abs(expected), rtol=1e-8, atol=1e-8)  # up to each axis' sign

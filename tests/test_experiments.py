@@ -1,7 +1,9 @@
 import json
 import math
 import operator
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -56,3 +58,48 @@ def test_summary_names_each_models_best_and_the_ratio():
     ]
     assert summary(rows) == "Best E: vae 0.400 at β = 1; ipae 0.300 at β = 0.01; ratio ipae / vae = 0.750."
     assert summary(rows[1:2]) == "Best E: no run succeeded."
+
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+needs_mnist = pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"the real MNIST files are not at {SHARED_MNIST}")
+
+
+@needs_mnist
+def test_a_tiny_mnist_run_on_the_real_files_and_its_resumption(tmp_path, monkeypatch):
+    from ipae.experiments import mnist
+
+    metrics = mnist.run_mnist(mnist.MnistRun(steps=3), tmp_path, repeats=1, data_dir=SHARED_MNIST, progress=False)
+    record = json.loads((tmp_path / "repeat-0.json").read_text())
+    assert record["status"] == "ok" and record["n_train"] == 18000 and record["n_test"] == 3127
+    assert metrics["svm_errors"] == [record["svm_error"]] and 0 <= metrics["svm_error"] < 100 and metrics["failed_repeats"] == 0
+    assert (tmp_path / "codes.png").read_bytes().startswith(PNG_MAGIC)
+    pca = np.load(tmp_path / "repeat-0-pca.npz")
+    assert pca["pca"].shape == (3127, 2) and sorted(set(pca["labels"].tolist())) == [1, 3, 4]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished repeat was trained again")
+
+    monkeypatch.setattr(mnist, "train", no_training)
+    assert mnist.run_mnist(mnist.MnistRun(steps=3), tmp_path, repeats=1, data_dir=SHARED_MNIST, progress=False) == metrics
+
+
+def test_a_failed_mnist_repeat_is_counted_not_fatal(tmp_path, monkeypatch):
+    from ipae.experiments import mnist
+    from ipae.train import TrainingDiverged, TrainResult
+
+    def diverging(*args, **kwargs):
+        raise TrainingDiverged(2, TrainResult(np.zeros(3), np.zeros(3), np.zeros(3), 0.1))
+
+    monkeypatch.setattr(mnist, "train", diverging)
+    monkeypatch.setattr(mnist, "load_mnist", lambda *args, **kwargs: _fake_mnist())
+    metrics = mnist.run_mnist(mnist.MnistRun(model="vae", beta=1e-5, steps=3), tmp_path, repeats=2, progress=False)
+    assert metrics["failed_repeats"] == 2 and metrics["svm_error"] is None and metrics["svm_errors"] == []
+
+
+def _fake_mnist():
+    from ipae.data.mnist import MnistSplits
+
+    generator = np.random.default_rng(0)
+    images = generator.random((30, 784), dtype=np.float32)
+    labels = np.repeat([1, 3, 4], 10)
+    return MnistSplits(images, labels, images, labels)

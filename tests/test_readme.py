@@ -22,3 +22,9 @@ def test_readme_example_runs(index):
 def test_the_readme_shows_the_generated_figure1_table():
     generated = README.parent / "docs" / "figure1" / "figure1.md"
     assert generated.read_text().strip() in README.read_text()
+
+
+def test_the_estimators_doc_shows_the_generated_rate_distortion_table():
+    docs = README.parent / "docs"
+    generated = docs / "rate_distortion" / "rate_distortion.md"
+    assert generated.read_text().strip() in (docs / "estimators.md").read_text()

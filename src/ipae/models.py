@@ -20,7 +20,7 @@ from ipae.mixture import METHODS as MIXTURE_METHODS
 __all__ = ["ModelConfig", "PRESETS", "AutoEncoder", "LossTerms", "RATES", "DISTORTIONS"]
 
 # logvar = LOGVAR_LIMIT * tanh(raw / LOGVAR_LIMIT): the identity near 0 (so a fresh encoder starts at
-# sigma ~ 1 as usual) but bounded to (-15, 15), i.e. sigma^2 in (3e-7, 3.3e6). Inside that range 1/sigma^2,
+# sigma ~ 1 as usual) but bounded to [-15, 15], i.e. sigma^2 in [3e-7, 3.3e6]. Inside that range 1/sigma^2,
 # exp(logvar) and the rate terms stay finite in float32, so sigma -> 0 or sigma -> inf cannot make the loss
 # inf/NaN on its own; a loss that still turns non-finite (exploding weights) is caught by `train`.
 LOGVAR_LIMIT = 15.0
