@@ -212,3 +212,26 @@ def test_mnist_refuses_missing_or_damaged_data_with_one_line(tmp_path):
     result = ipae("mnist", "--steps", "1", "--repeats", "1", "--data-dir", str(damaged), "--out", str(tmp_path / "out"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "train-images-idx3-ubyte.gz" in result.stderr
     assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["damaged"]
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"the real MNIST files are not at {SHARED_MNIST}")
+def test_reproduce_figure2_tiny_on_the_real_files_and_resumed(tmp_path, capsys):
+    out = tmp_path / "fig2"
+    args = ["reproduce", "figure2", "--steps", "2", "--repeats", "1", "--jobs", "1", "--data-dir", str(SHARED_MNIST), "--quiet"]
+    assert main([*args, "--out", str(out)]) == 0
+    table = (out / "figure2.md").read_text()
+    assert table.count("\n| ") == 10 and "Lowest mean test error" in table  # one row per cell
+    assert "Lowest mean test error" in capsys.readouterr().out
+    assert main([*args, "--out", str(out)]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    before = (out / "runs" / "vae-beta1e-05" / "repeat-0.json").stat().st_mtime_ns
+    assert main([*args, "--resume", "--out", str(out)]) == 0
+    assert (out / "runs" / "vae-beta1e-05" / "repeat-0.json").stat().st_mtime_ns == before
+
+
+def test_figure2_options_are_refused_elsewhere_and_bad_data_writes_nothing(tmp_path):
+    result = ipae("reproduce", "figure1", "--repeats", "2", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and "apply to figure2 only" in result.stderr and result.stderr.count("\n") == 1
+    result = ipae("reproduce", "figure2", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()

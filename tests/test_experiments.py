@@ -96,10 +96,64 @@ def test_a_failed_mnist_repeat_is_counted_not_fatal(tmp_path, monkeypatch):
     assert metrics["failed_repeats"] == 2 and metrics["svm_error"] is None and metrics["svm_errors"] == []
 
 
-def _fake_mnist():
+def _fake_mnist(n: int = 30):
     from ipae.data.mnist import MnistSplits
 
     generator = np.random.default_rng(0)
-    images = generator.random((30, 784), dtype=np.float32)
-    labels = np.repeat([1, 3, 4], 10)
+    images = generator.random((n, 784), dtype=np.float32)
+    labels = np.repeat([1, 3, 4], n // 3)
     return MnistSplits(images, labels, images, labels)
+
+
+def test_the_figure2_grid_is_the_papers():
+    from ipae.experiments.figure2 import figure2_runs, run_name
+
+    runs = figure2_runs(steps=7, precision="bf16")
+    cells = {(run.model, run.beta, run.n_pairs) for run in runs}
+    assert cells == {("vae", beta, None) for beta in (1e-5, 1e-4, 1e-3, 1e-2)} | {
+        ("ipae", 1e-5, 1),
+        ("ipae", 1e-4, 1),
+        ("ipae", 1e-3, 1),
+        ("ipae", 1e-5, 8),
+        ("ipae", 1e-5, 64),
+        ("ipae", 1e-5, None),
+    }
+    assert len(runs) == 10 and len({run_name(run) for run in runs}) == 10
+    assert all(run.steps == 7 and run.precision == "bf16" and run.batch_size == 512 and run.lr == 1e-3 for run in runs)
+
+
+def test_the_figure2_sweep_keeps_finished_repeats_and_refuses_other_settings(tmp_path, monkeypatch):
+    from ipae.experiments import figure2, mnist
+
+    monkeypatch.setattr(mnist, "load_mnist", lambda *args, **kwargs: _fake_mnist(n=600))
+    trained = []
+    real_train = mnist.train
+    monkeypatch.setattr(mnist, "train", lambda *args, **kwargs: trained.append(1) or real_train(*args, **kwargs))
+    rows = figure2.reproduce_figure2(tmp_path / "sweep", steps=2, repeats=1, progress=False)
+    assert len(trained) == 10 and len(rows) == 10 and all(row["repeats"] == 1 for row in rows)
+    assert json.loads((tmp_path / "sweep" / "figure2.json").read_text())[0]["svm_error"] == rows[0]["svm_error"]
+    assert (tmp_path / "sweep" / "figure2.png").read_bytes().startswith(PNG_MAGIC)
+    assert "Lowest mean test error: vae" in (tmp_path / "sweep" / "figure2.md").read_text()
+
+    more = figure2.reproduce_figure2(tmp_path / "sweep", steps=2, repeats=2, progress=False)
+    assert len(trained) == 20  # only the new repeat of each cell
+    assert [row["svm_errors"][0] for row in more] == [row["svm_errors"][0] for row in rows]
+    with pytest.raises(ValueError, match="steps 2 there, 3 now"):
+        figure2.reproduce_figure2(tmp_path / "sweep", steps=3, repeats=1, progress=False)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="does not hold a figure-2 sweep"):
+        figure2.reproduce_figure2(tmp_path / "other", steps=2, repeats=1, progress=False)
+
+
+def test_figure2_summary_makes_the_papers_comparison():
+    from ipae.experiments.figure2 import summary
+
+    def row(model, beta, pairs, error, failed=0):
+        return {"model": model, "beta": beta, "N_j": pairs, "svm_error": error, "repeats": 10, "failed_repeats": failed}
+
+    rows = [row("vae", 1e-5, "", None, failed=10), row("vae", 1e-3, "", 3.0), row("ipae", 1e-5, "8", 2.5), row("ipae", 1e-5, "all", 2.0)]
+    assert summary(rows) == (
+        "Lowest mean test error: vae 3.00 % (β = 0.001); ipae 2.00 % (β = 1e-05, N_j = all)."
+        " IPAE with β = 1e-5, N_j = 8: 2.50 %, below the best VAE. Failed repeats (non-finite loss): 10 of 40."
+    )

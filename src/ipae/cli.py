@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -82,13 +83,18 @@ def _build_parser() -> argparse.ArgumentParser:
 
     reproduce = commands.add_parser("reproduce", help="reproduce one of the paper's figures")
     reproduce.add_argument(
-        "figure", choices=("figure1", "rate-distortion"), help="figure1: the paper's toy study; rate-distortion: tighter rate terms"
+        "figure",
+        choices=("figure1", "figure2", "rate-distortion"),
+        help="figure1: the paper's toy study; figure2: its MNIST study; rate-distortion: tighter rate terms on the toy task",
     )
     reproduce.add_argument("--steps", type=_positive_int, default=5000, help="training steps per run (paper: 5000)")
     reproduce.add_argument("--seed", type=int, default=0)
     reproduce.add_argument(
         "--jobs", type=_positive_int, default=os.cpu_count() or 1, help="runs in parallel, one thread each (default: one per core)"
     )
+    reproduce.add_argument("--repeats", type=_positive_int, help="figure2: repeats per cell (default 10, the paper's)")
+    reproduce.add_argument("--data-dir", type=Path, help="figure2: a directory with the four MNIST files (default: the cache)")
+    reproduce.add_argument("--resume", action="store_true", help="figure2: continue the sweep in --out, keeping its finished repeats")
     _add_output_options(reproduce)
 
     info = commands.add_parser("info", help="bounds and a Monte Carlo estimate of I(x; z) for a trained model on data")
@@ -173,9 +179,13 @@ def _mnist(args: argparse.Namespace) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     from ipae.experiments import figure1, rate_distortion
-    from ipae.results import markdown_table, staged_directory
+    from ipae.results import staged_directory
     from ipae.train import resolve_device
 
+    if args.figure == "figure2":
+        return _reproduce_figure2(args)
+    if args.repeats is not None or args.data_dir is not None or args.resume:
+        raise ValueError("--repeats, --data-dir and --resume apply to figure2 only")
     experiments = {
         "figure1": (figure1, figure1.reproduce_figure1),
         "rate-distortion": (rate_distortion, rate_distortion.reproduce_rate_distortion),
@@ -192,10 +202,50 @@ def _reproduce(args: argparse.Namespace) -> int:
             device=device,
             progress=False if args.quiet else None,
         )
-    print(markdown_table(rows, module.COLUMNS), end="")
-    print(module.summary(rows))
+    _print_table(rows, module)
     print(f"-> {args.out}")
     return 0
+
+
+def _reproduce_figure2(args: argparse.Namespace) -> int:
+    """Unlike the toy figures, the sweep writes into --out as it goes, so that it can be resumed."""
+    from ipae.data.mnist import mnist_directory
+    from ipae.experiments import figure2
+    from ipae.train import resolve_device
+
+    if args.resume and args.overwrite:
+        raise ValueError("--resume keeps the finished repeats in --out, --overwrite deletes them: choose one")
+    if args.out.exists() and not (args.resume or args.overwrite):
+        raise FileExistsError(f"{args.out} already exists; pass --resume to continue the sweep in it, or --overwrite to start again")
+    device = resolve_device(args.device)
+    data_dir = mnist_directory(args.data_dir)  # found, checked or downloaded before anything is written
+    if args.overwrite and args.out.exists():
+        shutil.rmtree(args.out)
+    try:
+        rows = figure2.reproduce_figure2(
+            args.out,
+            steps=args.steps,
+            seed=args.seed,
+            precision=args.precision,
+            repeats=args.repeats or 10,
+            data_dir=data_dir,
+            jobs=args.jobs,
+            device=device,
+            progress=False if args.quiet else None,
+        )
+    except KeyboardInterrupt:
+        print(f"ipae: interrupted; the finished repeats are kept in {args.out}: add --resume to continue", file=sys.stderr)
+        return 130
+    _print_table(rows, figure2)
+    print(f"-> {args.out}")
+    return 0
+
+
+def _print_table(rows: list[dict], module) -> None:
+    from ipae.results import markdown_table
+
+    print(markdown_table(rows, module.COLUMNS), end="")
+    print(module.summary(rows))
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from ipae.models import AutoEncoder
 from ipae.results import save_png, write_atomic, write_json
 from ipae.train import TrainingDiverged, train
 
-__all__ = ["MnistRun", "run_mnist", "run_repeat", "draw_codes"]
+__all__ = ["MnistRun", "run_mnist", "run_repeat", "summarise_repeats", "first_successful_repeat", "title", "draw_codes"]
 
 
 @dataclass(frozen=True)
@@ -108,10 +108,16 @@ def run_mnist(
     results = map_runs(
         partial(run_repeat, run, data_dir, out, device=device), list(range(repeats)), jobs=jobs, progress=progress, desc="repeats"
     )
+    return summarise_repeats(run, results, out)
+
+
+def summarise_repeats(run: MnistRun, results: list[dict], out: Path) -> dict:
+    """The metrics of `run` over its repeats' `results` (the records of run_repeat), written to
+    out/metrics.json, and out/codes.png from the first successful repeat. Returns the metrics."""
     errors = [result["svm_error"] for result in results if result["status"] == "ok"]
     metrics = {
         "config": asdict(run),
-        "repeats": repeats,
+        "repeats": len(results),
         "svm_error": statistics.mean(errors) if errors else None,
         "svm_error_std": statistics.stdev(errors) if len(errors) > 1 else (0.0 if errors else None),
         "svm_errors": errors,
@@ -119,15 +125,19 @@ def run_mnist(
         "train_seconds": sum(result["train_seconds"] for result in results),
     }
     write_json(out / "metrics.json", metrics)
-    first = next((result["repeat"] for result in results if result["status"] == "ok"), None)
+    first = first_successful_repeat(results)
     if first is not None:
         figure = Figure(figsize=(4, 4))
-        draw_codes(figure.add_subplot(), np.load(out / f"repeat-{first}-pca.npz"), title=_title(run, metrics))
+        draw_codes(figure.add_subplot(), np.load(out / f"repeat-{first}-pca.npz"), title=title(run, metrics))
         save_png(figure, out / "codes.png")
     return metrics
 
 
-def _title(run: MnistRun, metrics: dict) -> str:
+def first_successful_repeat(results: list[dict]) -> int | None:
+    return next((result["repeat"] for result in results if result["status"] == "ok"), None)
+
+
+def title(run: MnistRun, metrics: dict) -> str:
     pairs = "all" if run.n_pairs is None else run.n_pairs
     rate = f", N_j={pairs}" if (run.rate or MODELS[run.model]) == "ip" else ""
     return f"{run.model} β={run.beta:g}{rate}\nerr {metrics['svm_error']:.2f} ± {metrics['svm_error_std']:.2f} %"
