@@ -37,7 +37,7 @@ def test_toy_end_to_end(trained_run, capsys):
         "rate": None,
     }
     assert {"E", "E_sampled", "E_identity", "train_seconds"} <= metrics.keys()
-    assert sorted(p.name for p in trained_run.iterdir()) == ["metrics.json", "model.json", "model.pt", "reconstruction.png"]
+    assert sorted(p.name for p in trained_run.iterdir()) == ["metrics.json", "model.json", "model.safetensors", "reconstruction.png"]
 
 
 def test_encode_writes_the_mean_codes(trained_run, tmp_path):
@@ -137,7 +137,7 @@ def test_encode_refuses_a_missing_or_damaged_model(trained_run, tmp_path):
     assert result.returncode == 2 and "not a model directory" in result.stderr and result.stderr.count("\n") == 1
     damaged = tmp_path / "damaged"
     damaged.mkdir()
-    for name in ("model.json", "model.pt"):
+    for name in ("model.json", "model.safetensors"):
         (damaged / name).write_bytes((trained_run / name).read_bytes()[:40])
     result = ipae("encode", str(damaged), str(tmp_path / "x.npy"), "--out", str(tmp_path / "codes.npy"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr

@@ -1,10 +1,7 @@
-import math
-
-import numpy as np
 import pytest
 import torch
 
-from ipae.data import gaussian_grid, load_array
+from ipae.data import gaussian_grid
 
 
 def test_the_toy_mixture_has_the_papers_layout():
@@ -28,47 +25,3 @@ def test_bad_toy_options_are_refused():
         gaussian_grid(n_per_component=0)
     with pytest.raises(ValueError):
         gaussian_grid(variance=-1.0)
-
-
-def test_load_array_reads_a_numeric_matrix(tmp_path):
-    path = tmp_path / "x.npy"
-    np.save(path, np.arange(6, dtype=np.int64).reshape(3, 2))
-    array = load_array(path, n_features=2)
-    assert array.dtype == np.float32
-    np.testing.assert_array_equal(array, [[0, 1], [2, 3], [4, 5]])
-
-
-@pytest.mark.parametrize(
-    "content, message",
-    [
-        (np.zeros(4), "2-D"),
-        (np.zeros((0, 2)), "no rows"),
-        (np.zeros((3, 5)), "expected 2 features"),
-        (np.array([[1.0, math.nan]]), "NaN"),
-        (np.array([[1.0, -math.inf]]), "infinite"),
-        (np.array([["a", "b"]]), "numeric"),
-    ],
-)
-def test_load_array_refuses_bad_content(tmp_path, content, message):
-    path = tmp_path / "x.npy"
-    np.save(path, content)
-    with pytest.raises(ValueError, match=message):
-        load_array(path, n_features=2)
-
-
-def test_load_array_refuses_missing_corrupt_and_foreign_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such file"):
-        load_array(tmp_path / "missing.npy")
-    corrupt = tmp_path / "corrupt.npy"
-    corrupt.write_bytes(b"\x93NUMPY garbage")
-    with pytest.raises(ValueError, match="corrupt.npy: not a readable"):
-        load_array(corrupt)
-    truncated = tmp_path / "truncated.npy"
-    np.save(truncated, np.zeros((100, 2)))
-    truncated.write_bytes(truncated.read_bytes()[:200])
-    with pytest.raises(ValueError, match="truncated.npy"):
-        load_array(truncated)
-    other = tmp_path / "x.txt"
-    other.write_text("1,2\n")
-    with pytest.raises(ValueError, match="unsupported file type"):
-        load_array(other)

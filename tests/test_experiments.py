@@ -22,7 +22,7 @@ def test_a_short_toy_run_writes_its_metrics_panel_and_model(tmp_path):
     assert 0 < metrics["E"] < 10 and 0 < metrics["E_sampled"] < 10 and metrics["train_seconds"] > 0
     assert outcome.metrics["E"] == metrics["E"] and outcome.reconstruction.shape == (5000, 2)
     assert (tmp_path / "run" / "reconstruction.png").read_bytes().startswith(PNG_MAGIC)
-    assert (tmp_path / "run" / "model.pt").exists() and (tmp_path / "run" / "model.json").exists()
+    assert (tmp_path / "run" / "model.safetensors").exists() and (tmp_path / "run" / "model.json").exists()
 
 
 def test_a_bf16_toy_run_trains_in_bf16_and_reports_float_metrics(tmp_path):

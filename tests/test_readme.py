@@ -14,7 +14,8 @@ def test_the_readme_has_python_examples():
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_example_runs(index):
+def test_readme_example_runs(index, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the examples' files go
     code = BLOCKS[index].replace("steps=5000", "steps=10")
     exec(compile(code, f"README.md example {index + 1}", "exec"), {})
 

@@ -3,10 +3,8 @@ import json
 import math
 
 import pytest
-import torch
 
-from ipae.models import AutoEncoder, ModelConfig
-from ipae.results import load_model, markdown_table, save_model, staged_directory, write_atomic, write_json, write_table
+from ipae.results import markdown_table, staged_directory, write_atomic, write_json, write_table
 
 
 def test_write_atomic_leaves_nothing_when_writing_fails(tmp_path):
@@ -57,33 +55,3 @@ def test_tables_in_three_formats(tmp_path):
         assert list(csv.DictReader(file)) == [{"model": "vae", "E": "0.123456"}, {"model": "ipae", "E": "nan"}]
     assert json.loads((tmp_path / "t.json").read_text()) == [{"model": "vae", "E": 0.123456}, {"model": "ipae", "E": None}]
     assert (tmp_path / "t.md").read_text() == markdown_table(rows, ("model", "E"))
-
-
-def test_model_round_trip_gives_identical_codes(tmp_path):
-    model = AutoEncoder(ModelConfig(n_inputs=3, hidden=(8, 8), n_latent=2, rate="vae", beta=0.5), seed=7)
-    save_model(model, tmp_path)
-    loaded = load_model(tmp_path)
-    assert loaded.config == model.config
-    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        for got, want in zip(loaded.encode(x), model.encode(x), strict=True):
-            torch.testing.assert_close(got, want, rtol=0, atol=0)
-
-
-def test_loading_a_missing_or_damaged_model_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a model directory"):
-        load_model(tmp_path)
-    save_model(AutoEncoder(ModelConfig(hidden=(8,))), tmp_path)
-    weights = (tmp_path / "model.pt").read_bytes()
-    (tmp_path / "model.pt").write_bytes(weights[: len(weights) // 2])
-    with pytest.raises(ValueError, match="model.pt: cannot load weights"):
-        load_model(tmp_path)
-    save_model(AutoEncoder(ModelConfig(hidden=(8,))), tmp_path)
-    config = json.loads((tmp_path / "model.json").read_text())
-    config["config"]["hidden"] = [9]  # the weights no longer fit the architecture
-    (tmp_path / "model.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="cannot load weights"):
-        load_model(tmp_path)
-    (tmp_path / "model.json").write_text("{not json")
-    with pytest.raises(ValueError, match="not a valid model config"):
-        load_model(tmp_path)

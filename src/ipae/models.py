@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ipae.distributed import gather_batch, rank, world_size
 from ipae.information import draw_partners, gaussian_kl, information_potential
 from ipae.layers import ACTIVATIONS, Dense
 from ipae.mixture import CHUNK_SIZE
@@ -143,8 +144,6 @@ class AutoEncoder(nn.Module):
             _mlp((config.n_latent, *config.hidden), config.activation, generator),
             Dense(config.hidden[-1], config.n_inputs, generator=generator),
         )
-        self._rate = RATES[config.rate]
-        self._distortion = DISTORTIONS[config.distortion]
 
     @classmethod
     def from_preset(cls, name: str, *, seed: int = 0, **overrides) -> AutoEncoder:
@@ -160,6 +159,12 @@ class AutoEncoder(nn.Module):
             if isinstance(module, Dense):
                 module.reset_parameters(generator)
 
+    def save(self, directory, *, metadata: dict | None = None) -> None:
+        """Write the model into `directory` (see `ipae.checkpoint`); `ipae.load(directory)` reads it back."""
+        from ipae.checkpoint import save_model  # the checkpoint module builds on this one
+
+        save_model(self, directory, metadata=metadata)
+
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(B, n_inputs) -> mu (B, n_latent), logvar (B, n_latent), logvar bounded by LOGVAR_LIMIT.
 
@@ -170,19 +175,27 @@ class AutoEncoder(nn.Module):
 
     def decode(self, z: Tensor) -> Tensor:
         """(B, n_latent) -> reconstruction (B, n_inputs) in data space (probabilities for "bernoulli")."""
-        return self._distortion.mean(self.decoder(z).to(z.dtype))
+        return DISTORTIONS[self.config.distortion].mean(self.decoder(z).to(z.dtype))
 
     def loss(self, x: Tensor, *, generator: torch.Generator, n_pairs: int | None = 1, n_samples: int = 1) -> LossTerms:
         """Objective on a batch x (B, n_inputs) with K = `n_samples` noise draws per sample.
 
         `n_pairs` is the paper's N_j, the partners per sample of the "ip" rate (None: all B);
         other rate terms ignore it. Noise and partners come from `generator`.
+        Under torch.distributed (R processes, see ipae.distributed) x is this process's share of a
+        global batch of R * B, the generator is in the same state on every process, and the noise is
+        drawn for the global batch: the rate is that of the global batch, the distortion this share's.
         """
         mu, logvar = self.encode(x)  # (B, D) each
-        eps = torch.randn((n_samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)  # (K, B, D)
+        processes, index = world_size(), rank()
+        batch = mu.shape[0]
+        global_eps = torch.randn((n_samples, processes * batch, mu.shape[1]), generator=generator, device=mu.device, dtype=mu.dtype)
+        eps = global_eps[:, index * batch : (index + 1) * batch]  # (K, B, D)
         z = mu + (0.5 * logvar).exp() * eps  # (K, B, D)
         output = self.decoder(z.flatten(0, 1)).to(x.dtype)  # (K * B, n_inputs), float32 also under autocast
         with torch.autocast(x.device.type, enabled=False):  # the rate and the reductions stay in full precision
-            distortion = self._distortion.per_sample(output, x.repeat(n_samples, 1)).mean()
-            rate = self._rate(mu, logvar, eps, generator, n_pairs)
+            distortion = DISTORTIONS[self.config.distortion].per_sample(output, x.repeat(n_samples, 1)).mean()
+            rate = RATES[self.config.rate](gather_batch(mu), gather_batch(logvar), global_eps, generator, n_pairs)
         return LossTerms(distortion + self.config.beta * rate, distortion, rate)
+
+    forward = loss  # so that DistributedDataParallel, which hooks forward(), can wrap the model

@@ -13,17 +13,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
-from ipae import __version__
-from ipae.models import AutoEncoder, ModelConfig
-
 __all__ = [
     "write_atomic",
     "write_json",
     "save_png",
-    "save_model",
-    "load_model",
     "staged_directory",
     "write_table",
     "markdown_table",
@@ -72,36 +65,6 @@ def _finite_or_none(value: object) -> object:
 def save_png(figure, path: str | Path) -> None:
     """Save a matplotlib figure as PNG, atomically."""
     write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
-
-
-def save_model(model: AutoEncoder, directory: str | Path) -> None:
-    """Write `model.json` (config, library version) and `model.pt` (weights only) into `directory`."""
-    directory = Path(directory)
-    write_json(directory / "model.json", {"ipae_version": __version__, "config": model.config.to_dict()})
-    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
-    write_atomic(directory / "model.pt", lambda tmp: torch.save(state, tmp))
-
-
-def load_model(directory: str | Path) -> AutoEncoder:
-    """Load a model written by `save_model`; a missing or damaged file is a clear error.
-
-    The weights are read with `weights_only=True`: loading never runs code from the file.
-    """
-    directory = Path(directory)
-    for name in ("model.json", "model.pt"):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"{directory}: not a model directory (no {name})")
-    try:
-        config = ModelConfig(**json.loads((directory / "model.json").read_text())["config"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{directory / 'model.json'}: not a valid model config ({error})") from None
-    model = AutoEncoder(config)
-    try:
-        state = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-    except Exception as error:  # torch raises several types for damaged or mismatched files
-        raise ValueError(f"{directory / 'model.pt'}: cannot load weights ({str(error).splitlines()[0]})") from None
-    return model.eval()
 
 
 @contextmanager

@@ -6,17 +6,20 @@ import ctypes
 import functools
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from ipae.distributed import average_over_processes, is_main_process, rank, world_size
 from ipae.models import AutoEncoder
 
-__all__ = ["train", "TrainResult", "TrainingDiverged", "check_data", "resolve_device", "PRECISIONS"]
+__all__ = ["train", "TrainResult", "TrainState", "TrainingDiverged", "check_data", "resolve_device", "PRECISIONS"]
 
 # "fp32": everything in float32. "bf16": the layers' matmuls and activations in bfloat16 (autocast),
 # the parameters, the optimiser, the rate term and the loss reduction in float32.
@@ -24,13 +27,27 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 @dataclass
+class TrainState:
+    """Where a run stands after `step` steps: all that `train(..., resume=state)` needs to go on
+    exactly as if it had not stopped (the weights are the model's own)."""
+
+    step: int
+    settings: dict  # the settings the steps so far were trained with; a continuation must share them
+    optimizer: dict  # the optimiser's state_dict
+    generator: Tensor  # (bytes,) uint8: the state of the generator of noise and partners
+    history: Tensor  # (step, 3) float32: loss, distortion and rate of every step so far
+
+
+@dataclass
 class TrainResult:
-    """History of one run: per-step loss, distortion and rate (each (steps,)), and the loop's wall time."""
+    """History of a run: per-step loss, distortion and rate (each (steps,), from step 0 also for a
+    continued run), the wall time of this call's loop, and the state to continue from."""
 
     loss: np.ndarray
     distortion: np.ndarray
     rate: np.ndarray
     seconds: float
+    state: TrainState | None = field(default=None, repr=False)
 
 
 class TrainingDiverged(RuntimeError):
@@ -107,15 +124,24 @@ def train(
     precision: str = "fp32",
     progress: bool | None = None,
     log_every: int = 100,
+    on_log: Callable[[dict], None] | None = None,
+    resume: TrainState | None = None,
+    stop_at: int | None = None,
 ) -> TrainResult:
     """Train `model` in place on `data` (N, n_inputs) with Adam; returns the per-step history.
 
     Defaults are the paper's (section 4.1): Adam, lr 1e-3, batch 512, 5000 steps, K = 1 noise draw,
-    N_j = `n_pairs` = 1 partner (None: all pairs). A batch larger than N is cut to N. `seed` fixes the
+    N_j = `n_pairs` = 1 partner (None: all pairs). A batch larger than N is cut to N. Under
+    torch.distributed (torchrun; see ipae.distributed) `batch_size` is each process's share: R processes
+    train on a global batch of R * batch_size, as one process would with that batch, and log its losses. `seed` fixes the
     batches, the noise and the partners: the same seed and model give the same result on a device.
     `precision`: a key of PRECISIONS; "bf16" trades precision in the layers for speed.
     `progress`: a progress bar (None: only on a terminal). Every `log_every` steps the loop checks the
-    loss once (one host sync) and raises `TrainingDiverged` at the first non-finite step.
+    loss once (one host sync), raises `TrainingDiverged` at the first non-finite step, and passes
+    `on_log` the means of loss, distortion and rate over those steps.
+    Continuing: `resume` (a result's `.state`, with the model as it was then) goes on from its step;
+    `stop_at` ends after that many steps of the `steps`-step schedule. Run in pieces this way, training
+    gives the same weights as in one piece (bit for bit on the CPU), whatever `steps` the pieces name.
     """
     check_data(data, model.config.n_inputs)
     if steps < 1 or batch_size < 1 or n_samples < 1 or log_every < 1:
@@ -126,40 +152,73 @@ def train(
         raise ValueError(f"n_pairs must be >= 1 or None (all pairs), got {n_pairs}")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    processes, index = world_size(), rank()
+    local_batch = min(batch_size, data.shape[0] // processes)  # this process's share of the global batch
+    if local_batch < 1:
+        raise ValueError(f"{data.shape[0]} samples cannot be shared among {processes} processes")
+    batch_size = local_batch * processes
+    settings = {"n_data": data.shape[0], "batch_size": batch_size, "lr": lr, "n_pairs": n_pairs, "n_samples": n_samples, "seed": seed}
+    settings["precision"] = precision
+    first_step, end = (0 if resume is None else resume.step), (steps if stop_at is None else stop_at)
+    if not first_step < end <= steps:
+        raise ValueError(f"nothing to train: steps {first_step}..{end} of a {steps}-step schedule")
+    if resume is not None and resume.settings != settings:
+        differing = ", ".join(
+            f"{key} {resume.settings.get(key)!r} then, {value!r} now"
+            for key, value in settings.items()
+            if resume.settings.get(key) != value
+        )
+        raise ValueError(f"cannot continue the run with other settings: {differing}")
     device = next(model.parameters()).device
     data = data.to(device=device, dtype=next(model.parameters()).dtype)
-    batch_size = min(batch_size, data.shape[0])
-    indices = _batch_indices(data.shape[0], batch_size, steps, torch.Generator().manual_seed(seed)).to(device)
+    indices = _batch_indices(data.shape[0], batch_size, steps, torch.Generator().manual_seed(seed))
+    indices = indices[:, index * local_batch : (index + 1) * local_batch].contiguous().to(device)  # (steps, local batch)
+    step_model = model if processes == 1 else DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     generator = torch.Generator(device).manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True)  # one kernel for all parameters
+    history = torch.empty(end, 3, device=device)  # (steps, [loss, distortion, rate]), read every log_every
+    if resume is not None:
+        optimizer.load_state_dict(resume.optimizer)
+        generator.set_state(resume.generator)
+        history[:first_step] = resume.history[:first_step].to(device)
     autocast_dtype = PRECISIONS[precision]
     autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     keep_freed_memory()
-    history = torch.empty(steps, 3, device=device)  # (steps, [loss, distortion, rate]), read every log_every
-    show = sys.stderr.isatty() if progress is None else progress
+    show = (sys.stderr.isatty() if progress is None else progress) and is_main_process()
     model.train()
     start = time.perf_counter()
-    with tqdm(total=steps, disable=not show, desc="train", unit="step", leave=False) as bar:
-        for step in range(steps):
+    with tqdm(initial=first_step, total=end, disable=not show, desc="train", unit="step", leave=False) as bar:
+        for step in range(first_step, end):
             with autocast:
-                terms = model.loss(data[indices[step]], generator=generator, n_pairs=n_pairs, n_samples=n_samples)
+                terms = step_model(data[indices[step]], generator=generator, n_pairs=n_pairs, n_samples=n_samples)
             optimizer.zero_grad(set_to_none=True)
             terms.loss.backward()
             optimizer.step()
             history[step] = torch.stack(terms).detach()
-            if (step + 1) % log_every == 0 or step + 1 == steps:
-                window_start = step - step % log_every
-                checked = history[window_start : step + 1, 0]  # the losses since the last check
-                if not torch.isfinite(checked).all():
-                    first = window_start + int((~torch.isfinite(checked)).nonzero()[0])
+            if (step + 1) % log_every == 0 or step + 1 == end:
+                window = history[max(first_step, step - step % log_every) : step + 1]  # the steps since the last check
+                window[:] = average_over_processes(window)  # the global batch's loss and distortion on every process
+                finite = torch.isfinite(window[:, 0])
+                if not finite.all():
+                    first = step + 1 - len(window) + int((~finite).nonzero()[0])
                     raise TrainingDiverged(first, _result(history[: first + 1], time.perf_counter() - start))
-                bar.set_postfix(loss=f"{float(checked[-1]):.4g}", refresh=False)
-                bar.update(checked.numel())
+                if on_log is not None:
+                    loss, distortion, rate = window.mean(dim=0).tolist()
+                    on_log({"step": step + 1, "loss": loss, "distortion": distortion, "rate": rate, "seconds": time.perf_counter() - start})
+                bar.set_postfix(loss=f"{float(window[-1, 0]):.4g}", refresh=False)
+                bar.update(step + 1 - bar.n)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return _result(history, time.perf_counter() - start)
+    state = TrainState(end, settings, _detached(optimizer.state_dict()), generator.get_state(), history.cpu())
+    return _result(history, time.perf_counter() - start, state)
 
 
-def _result(history: Tensor, seconds: float) -> TrainResult:
+def _detached(optimizer_state: dict) -> dict:
+    """A copy of an optimiser's state_dict that later steps of the optimiser cannot change."""
+    state = {index: {name: value.detach().clone() for name, value in values.items()} for index, values in optimizer_state["state"].items()}
+    return {"state": state, "param_groups": optimizer_state["param_groups"]}
+
+
+def _result(history: Tensor, seconds: float, state: TrainState | None = None) -> TrainResult:
     values = history.cpu().double().numpy()
-    return TrainResult(loss=values[:, 0], distortion=values[:, 1], rate=values[:, 2], seconds=seconds)
+    return TrainResult(loss=values[:, 0], distortion=values[:, 1], rate=values[:, 2], seconds=seconds, state=state)

@@ -1,38 +1,119 @@
-"""Arrays from users' files, checked before any work is done on them."""
+"""Arrays from users' files (.npy, .npz, .csv), checked before any work is done on them."""
 
 from __future__ import annotations
 
+import csv
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 __all__ = ["load_array"]
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
-def load_array(path: str | Path, *, n_features: int | None = None) -> np.ndarray:
-    """Load a numeric 2-D array (N, F) from a `.npy` file as float32.
 
-    Raises FileNotFoundError for a missing file and ValueError, naming the file, for anything that
-    is not a non-empty, finite, numeric 2-D array (with F == `n_features` when given).
+def load_array(path: str | Path, *, n_features: int | None = None, key: str | None = None) -> np.ndarray:
+    """Load a numeric 2-D array (N, F) from a `.npy`, `.npz` or `.csv` file as float32.
+
+    `key` names the array to take from a `.npz` archive; it may be left out when the archive holds
+    one array. A `.csv` file is comma-separated numbers, one sample per line, with an optional header
+    row. Raises FileNotFoundError for a missing file and ValueError, starting with the path, for
+    anything that is not a non-empty, finite, numeric 2-D array (with F == `n_features` when given).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    if path.suffix != ".npy":
-        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; expected .npy")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
-        raise ValueError(f"{path}: not a readable .npy array ({error})") from None
+    suffix = path.suffix.lower()
+    if suffix not in _READERS:
+        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; expected one of {', '.join(_READERS)}")
+    if key is not None and suffix != ".npz":
+        raise ValueError(f"{path}: key={key!r} names an array in a .npz archive, but a {suffix} file holds only one")
+    array = _read_npz(path, key) if suffix == ".npz" else _READERS[suffix](path)
     if array.dtype.kind not in "biuf":
         raise ValueError(f"{path}: expected a numeric array, got dtype {array.dtype}")
     if array.ndim != 2:
         raise ValueError(f"{path}: expected a 2-D array (samples, features), got shape {array.shape}")
     if array.shape[0] == 0:
         raise ValueError(f"{path}: the array has no rows")
+    if array.shape[1] == 0:
+        raise ValueError(f"{path}: the array has no features (columns)")
     if n_features is not None and array.shape[1] != n_features:
         raise ValueError(f"{path}: expected {n_features} features per row, got {array.shape[1]}")
-    array = array.astype(np.float32)
-    if not np.isfinite(array).all():
-        raise ValueError(f"{path}: the array contains NaN or infinite values")
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise ValueError(f"{path}: the array contains NaN or infinite values")
+        if (np.abs(array) > _FLOAT32_MAX).any():  # the cast would turn these into inf
+            raise ValueError(f"{path}: the array has values beyond the float32 range (+-{_FLOAT32_MAX:.3g})")
+    return array.astype(np.float32)
+
+
+def _unreadable(path: Path, what: str, error: Exception) -> ValueError:
+    reason = " ".join(str(error).split())  # one line, whatever the library said
+    return ValueError(f"{path}: not a readable {what} ({reason})")
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise _unreadable(path, ".npy array", error) from None
+    if not isinstance(array, np.ndarray):  # np.load reads by content: this is a .npz archive
+        array.close()
+        raise ValueError(f"{path}: not a readable .npy array (it is a .npz archive)")
     return array
+
+
+def _read_npz(path: Path, key: str | None) -> np.ndarray:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise _unreadable(path, ".npz archive", error) from None
+    if isinstance(archive, np.ndarray):  # np.load reads by content: this is a .npy array
+        raise ValueError(f"{path}: not a readable .npz archive (it is a .npy array)")
+    with archive:
+        names = ", ".join(map(repr, archive.files))
+        if key is None and len(archive.files) != 1:
+            raise ValueError(f"{path}: holds arrays {names}; name one with --key" if names else f"{path}: holds no arrays")
+        if key is not None and key not in archive.files:
+            raise ValueError(f"{path}: no array named {key!r}; it holds {names or 'none'}")
+        try:
+            return archive[archive.files[0] if key is None else key]
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+            raise _unreadable(path, ".npz archive", error) from None
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    """Comma-separated numbers; a first row that is not all numbers is a header. Blank lines are skipped."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as file:  # -sig: spreadsheets often start with a BOM
+            reader = csv.reader(file, strict=True)  # strict: an unclosed quote is an error, not a swallowed file
+            rows = [(reader.line_num, row) for row in reader if len(row) > 1 or "".join(row).strip()]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise _unreadable(path, ".csv file", error) from None
+    if not rows:
+        return np.empty((0, 0))
+    first_line, first = rows[0]
+    if not all(_is_number(field) for field in first):
+        rows = rows[1:]  # a header
+    values = []
+    for line, row in rows:
+        if len(row) != len(first):
+            raise ValueError(f"{path}, line {line}: {len(row)} fields, but line {first_line} has {len(first)}")
+        for field in row:
+            if not _is_number(field):
+                raise ValueError(f"{path}, line {line}: {field!r} is not a number")
+        values.append([float(field) for field in row])
+    return np.array(values, dtype=np.float64).reshape(len(values), len(first))
+
+
+def _is_number(field: str) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
+
+
+_READERS = {".npy": _read_npy, ".npz": _read_npz, ".csv": _read_csv}

@@ -9,11 +9,12 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
+from ipae.checkpoint import load_model
 from ipae.data.toy import gaussian_grid
 from ipae.experiments.parallel import map_runs
 from ipae.experiments.toy import ToyRun, child_seeds, run_toy
 from ipae.mixture import mutual_information
-from ipae.results import load_model, save_png, write_json, write_table
+from ipae.results import save_png, write_json, write_table
 
 __all__ = ["GRID", "ESTIMATORS", "rate_distortion_runs", "reproduce_rate_distortion"]
 

@@ -10,10 +10,11 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from ipae.checkpoint import save_model
 from ipae.data.toy import gaussian_grid
 from ipae.evaluation import centre_distance
 from ipae.models import AutoEncoder
-from ipae.results import save_model, save_png, write_json
+from ipae.results import save_png, write_json
 from ipae.train import TrainingDiverged, resolve_device, train
 
 __all__ = ["MODELS", "ToyRun", "ToyOutcome", "run_toy", "draw_reconstruction", "child_seeds"]

@@ -1,0 +1,386 @@
+"""scikit-learn transformers: `IPAE` and its baseline `BetaVAE`, which differ only in the rate term.
+
+`fit` trains an `AutoEncoder` with `ipae.train.train`; `transform` gives the encoder means, e.g.
+`IPAE(n_components=2, random_state=0).fit_transform(X)` the (N, 2) codes of X; `inverse_transform`
+gives the decoded means and `score` the negative mean training objective.
+`save(directory)` writes a model directory (see `ipae.checkpoint`) that `load_estimator` reads back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from numbers import Integral, Real
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+from ipae.checkpoint import load_model, read_metadata, save_model
+from ipae.layers import ACTIVATIONS
+from ipae.models import DISTORTIONS, AutoEncoder, ModelConfig
+from ipae.train import PRECISIONS, TrainingDiverged, TrainResult, resolve_device, train
+
+__all__ = ["IPAE", "BetaVAE", "load_estimator", "FitDiverged"]
+
+# Rows per forward pass in transform, inverse_transform and score: bounds their memory whatever N is
+# (the toy model's 2048-wide hidden layer makes 4096 rows about 32 MiB of activations).
+INFERENCE_BATCH = 4096
+
+
+class FitDiverged(TrainingDiverged):
+    """`TrainingDiverged` raised by an estimator's `fit`, with advice on what to change."""
+
+    def __init__(self, estimator_name: str, error: TrainingDiverged) -> None:
+        super().__init__(error.step, error.result)
+        self.args = (f"{estimator_name}.fit: {error}. Try a smaller lr or a larger beta, or standardise X (e.g. with StandardScaler)",)
+
+
+class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """What IPAE and BetaVAE share; a subclass names its rate term and the partners it uses."""
+
+    _rate: str  # a key of ipae.models.RATES
+
+    _parameter_constraints: dict = {
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "beta": [Interval(Real, 0, None, closed="left")],  # finite: NaN and inf fail the interval
+        "hidden": [tuple, list],  # each entry is checked in fit
+        "activation": [StrOptions(set(ACTIVATIONS))],
+        "distortion": [StrOptions(set(DISTORTIONS))],
+        "steps": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "precision": [StrOptions(set(PRECISIONS))],
+        "device": [str, torch.device, None],
+        "random_state": ["random_state"],
+        "progress": ["boolean"],
+    }
+
+    def __init__(
+        self,
+        n_components: int,
+        *,
+        beta: float,
+        hidden: tuple[int, ...],
+        activation: str,
+        distortion: str,
+        steps: int,
+        batch_size: int,
+        lr: float,
+        precision: str,
+        device: str | torch.device | None,
+        random_state: int | np.random.RandomState | None,
+        progress: bool,
+    ) -> None:
+        self.n_components = n_components
+        self.beta = beta
+        self.hidden = hidden
+        self.activation = activation
+        self.distortion = distortion
+        self.steps = steps
+        self.batch_size = batch_size
+        self.lr = lr
+        self.precision = precision
+        self.device = device
+        self.random_state = random_state
+        self.progress = progress
+
+    def _n_pairs(self) -> int | None:
+        """The partners per sample passed to the rate term (only the "ip" rate reads it)."""
+        return None
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64"]  # transform returns float64 whatever the input
+        return tags
+
+    @property
+    def _n_features_out(self) -> int:  # for get_feature_names_out; AttributeError until fitted
+        return self.model_.config.n_latent
+
+    # fitting
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Train a fresh autoencoder on X (N, n_features); `y` is ignored. Returns self."""
+        self._forget_fit()  # a second fit starts from scratch, and a failed one leaves nothing behind
+        try:
+            return self._fit(X)
+        except BaseException:
+            self._forget_fit()
+            raise
+
+    def _fit(self, X):
+        hidden = self.hidden
+        if not (len(hidden) > 0 and all(isinstance(h, Integral) and not isinstance(h, bool) and h >= 1 for h in hidden)):
+            raise ValueError(f"The 'hidden' parameter of {type(self).__name__} must be a non-empty sequence of ints >= 1. Got {hidden!r}.")
+        X = self._check_X(X, reset=True)
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        config = ModelConfig(
+            n_inputs=X.shape[1],
+            hidden=tuple(int(h) for h in hidden),
+            n_latent=int(self.n_components),
+            activation=self.activation,
+            distortion=self.distortion,
+            rate=self._rate,
+            beta=float(self.beta),
+        )
+        model = AutoEncoder(config, seed=seed).to(resolve_device(self.device))
+        data = torch.from_numpy(X if X.flags.writeable else X.copy())  # torch warns on read-only arrays
+        try:
+            result = train(
+                model,
+                data,
+                steps=int(self.steps),
+                batch_size=int(self.batch_size),
+                lr=float(self.lr),
+                n_pairs=self._n_pairs(),
+                seed=seed,
+                precision=self.precision,
+                progress=self.progress,
+            )
+        except TrainingDiverged as error:
+            raise FitDiverged(type(self).__name__, error) from error
+        self.model_ = model.eval()
+        self.seed_ = seed  # the seed of the initial weights, the batches, the noise and score's noise
+        self.history_ = replace(result, state=None)  # per-step loss, distortion and rate; no optimiser state
+        self.loss_curve_ = result.loss
+        return self
+
+    def _forget_fit(self) -> None:
+        for name in [name for name in vars(self) if name.endswith("_") and not name.startswith("__")]:
+            delattr(self, name)
+
+    def _check_X(self, X, *, reset: bool) -> np.ndarray:
+        """X as a finite, C-ordered float32 (N, n_features) array; n_features must match fit unless `reset`."""
+        X = validate_data(self, X, reset=reset, dtype=np.float32, order="C")
+        if self.distortion == "bernoulli" and (X.min() < 0 or X.max() > 1):
+            raise ValueError(f"distortion='bernoulli' needs X in [0, 1]; got values in [{X.min():g}, {X.max():g}]")
+        return X
+
+    # using the fitted model
+
+    def transform(self, X) -> np.ndarray:
+        """Encoder means of X: (N, n_features) -> float64 (N, n_components)."""
+        check_is_fitted(self)
+        X = self._check_X(X, reset=False)
+        return self._map(lambda x: self.model_.encode(x)[0], X)
+
+    def inverse_transform(self, X) -> np.ndarray:
+        """Decoded means of codes X: (N, n_components) -> float64 (N, n_features), in data space."""
+        check_is_fitted(self)
+        Z = check_array(X, dtype=np.float32, order="C", input_name="X")
+        if Z.shape[1] != self.model_.config.n_latent:
+            raise ValueError(f"X has {Z.shape[1]} features, but inverse_transform expects {self.model_.config.n_latent} (n_components)")
+        return self._map(self.model_.decode, Z)
+
+    @torch.no_grad()
+    def _map(self, function, A: np.ndarray) -> np.ndarray:
+        self.model_.eval()
+        device = next(self.model_.parameters()).device
+        parts = [function(torch.tensor(A[i : i + INFERENCE_BATCH], device=device)) for i in range(0, len(A), INFERENCE_BATCH)]
+        return torch.cat(parts).double().cpu().numpy()
+
+    @torch.no_grad()
+    def score(self, X, y=None) -> float:
+        """Negative mean objective (distortion + beta * rate) on X; higher is better.
+
+        Computed in batches of the training batch size with noise and partners from a generator seeded
+        with `seed_`, so that the same X gives the same score. `y` is ignored.
+        """
+        check_is_fitted(self)
+        X = self._check_X(X, reset=False)
+        model = self.model_.eval()
+        device = next(model.parameters()).device
+        generator = torch.Generator(device).manual_seed(self.seed_)
+        batch_size = min(int(self.batch_size), len(X))
+        total = 0.0
+        for i in range(0, len(X), batch_size):
+            x = torch.tensor(X[i : i + batch_size], device=device)  # (B, n_features)
+            total += float(model.loss(x, generator=generator, n_pairs=self._n_pairs()).loss) * len(x)
+        return -total / len(X)
+
+    # persistence
+
+    def save(self, directory: str | Path) -> None:
+        """Write the fitted estimator into `directory` (a model directory); `load_estimator` reads it back."""
+        check_is_fitted(self)
+        record = {
+            "class": type(self).__name__,
+            "params": _json_params(self.get_params(deep=False)),
+            "n_features_in_": int(self.n_features_in_),
+            "seed_": self.seed_,
+            "history_": {
+                "loss": self.history_.loss.tolist(),
+                "distortion": self.history_.distortion.tolist(),
+                "rate": self.history_.rate.tolist(),
+            },
+            "seconds": self.history_.seconds,
+        }
+        if hasattr(self, "feature_names_in_"):
+            record["feature_names_in_"] = self.feature_names_in_.tolist()
+        save_model(self.model_, directory, metadata={"estimator": record})
+
+    def _inference_device(self) -> torch.device:
+        """Where a loaded or unpickled model runs: `device`, or the CPU where that is not available here."""
+        try:
+            return resolve_device(self.device)
+        except ValueError:
+            return torch.device("cpu")
+
+
+class IPAE(_AutoEncoderTransformer):
+    """Information Potential Auto-Encoder: rate = the information potential bound on I(x; z), eq. 10.
+
+    `n_pairs` is the paper's N_j, the partners drawn per sample in each batch (None: all pairs).
+    The other parameters are those of `ModelConfig` (`n_components` is `n_latent`) and `train`;
+    `device` None means CUDA when present, else the CPU; `random_state` fixes the initial weights,
+    the batches and the noise, so that the same int gives the same result twice on a device.
+
+    Fitted attributes: `model_` (the `AutoEncoder`), `n_features_in_`, `seed_`, `history_`
+    (a `TrainResult` of per-step loss, distortion and rate) and `loss_curve_` (= `history_.loss`).
+    """
+
+    _rate = "ip"
+    _parameter_constraints: dict = {
+        **_AutoEncoderTransformer._parameter_constraints,
+        "n_pairs": [Interval(Integral, 1, None, closed="left"), None],
+    }
+
+    def __init__(
+        self,
+        n_components: int = 16,
+        *,
+        beta: float = 0.01,
+        n_pairs: int | None = 1,
+        hidden: tuple[int, ...] = (2048,),
+        activation: str = "relu",
+        distortion: str = "mse",
+        steps: int = 5000,
+        batch_size: int = 512,
+        lr: float = 1e-3,
+        precision: str = "fp32",
+        device: str | torch.device | None = None,
+        random_state: int | np.random.RandomState | None = None,
+        progress: bool = False,
+    ) -> None:
+        super().__init__(
+            n_components,
+            beta=beta,
+            hidden=hidden,
+            activation=activation,
+            distortion=distortion,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            precision=precision,
+            device=device,
+            random_state=random_state,
+            progress=progress,
+        )
+        self.n_pairs = n_pairs
+
+    def _n_pairs(self) -> int | None:
+        return None if self.n_pairs is None else int(self.n_pairs)
+
+
+class BetaVAE(_AutoEncoderTransformer):
+    """beta-VAE, the baseline: rate = KL(q(z|x) || N(0, I)) (eq. 5). Parameters and fitted attributes as `IPAE`'s,
+    without `n_pairs`; beta = 1 is the plain VAE."""
+
+    _rate = "vae"
+
+    def __init__(
+        self,
+        n_components: int = 16,
+        *,
+        beta: float = 1.0,
+        hidden: tuple[int, ...] = (2048,),
+        activation: str = "relu",
+        distortion: str = "mse",
+        steps: int = 5000,
+        batch_size: int = 512,
+        lr: float = 1e-3,
+        precision: str = "fp32",
+        device: str | torch.device | None = None,
+        random_state: int | np.random.RandomState | None = None,
+        progress: bool = False,
+    ) -> None:
+        super().__init__(
+            n_components,
+            beta=beta,
+            hidden=hidden,
+            activation=activation,
+            distortion=distortion,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            precision=precision,
+            device=device,
+            random_state=random_state,
+            progress=progress,
+        )
+
+
+ESTIMATORS: dict[str, type[_AutoEncoderTransformer]] = {"IPAE": IPAE, "BetaVAE": BetaVAE}
+
+
+def _json_params(params: dict) -> dict:
+    """get_params() in JSON: tuples as lists, a device as its name; a RandomState instance, which has
+    no JSON form, as None (the fitted `seed_` is saved beside it)."""
+
+    def convert(value):
+        if isinstance(value, (tuple, list)):
+            return [convert(v) for v in value]
+        if isinstance(value, torch.device):
+            return str(value)
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.random.RandomState | np.random.Generator):
+            return None
+        return value
+
+    return {name: convert(value) for name, value in params.items()}
+
+
+def load_estimator(directory: str | Path) -> IPAE | BetaVAE:
+    """The fitted estimator saved in `directory` with `save`, its model on `device` (the CPU where that is absent)."""
+    directory = Path(directory)
+    record = read_metadata(directory).get("estimator")
+    if not isinstance(record, dict):
+        raise ValueError(f"{directory}: holds a plain model, not a saved estimator (no estimator metadata); load it with ipae.load")
+    try:
+        cls = ESTIMATORS[record["class"]]
+        params = dict(record["params"])
+        params["hidden"] = tuple(params["hidden"])
+        estimator = cls(**params)
+        history = TrainResult(
+            **{name: np.asarray(values, dtype=np.float64) for name, values in record["history_"].items()}, seconds=record["seconds"]
+        )
+        n_features_in, seed = int(record["n_features_in_"]), int(record["seed_"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{directory / 'model.json'}: damaged estimator metadata ({type(error).__name__}: {error})") from None
+    model = load_model(directory)
+    expected = (
+        n_features_in,
+        estimator.hidden,
+        estimator.n_components,
+        estimator.activation,
+        estimator.distortion,
+        cls._rate,
+        estimator.beta,
+    )
+    config = model.config
+    if (config.n_inputs, config.hidden, config.n_latent, config.activation, config.distortion, config.rate, config.beta) != expected:
+        raise ValueError(f"{directory}: the model's architecture {config} does not match the estimator's parameters {params}")
+    estimator.model_ = model.to(estimator._inference_device()).eval()
+    estimator.n_features_in_ = n_features_in
+    if "feature_names_in_" in record:
+        estimator.feature_names_in_ = np.asarray(record["feature_names_in_"], dtype=object)
+    estimator.seed_ = seed
+    estimator.history_ = history
+    estimator.loss_curve_ = history.loss
+    return estimator

@@ -1,0 +1,256 @@
+import copy
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from ipae.checkpoint import save_model
+from ipae.estimators import IPAE, BetaVAE, FitDiverged, load_estimator
+from ipae.models import AutoEncoder, ModelConfig
+from ipae.train import TrainingDiverged, train
+
+SMALL = {"n_components": 2, "hidden": (16,), "steps": 20, "batch_size": 32, "random_state": 0}
+QUICK = {"n_components": 2, "hidden": (32,), "steps": 30, "batch_size": 32, "lr": 3e-3}  # fits in a blink
+CLASSES = [IPAE, BetaVAE]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: a second intra-op thread only adds synchronisation, and on a busy
+    machine that makes a fit many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@parametrize_with_checks([IPAE(**SMALL), BetaVAE(**SMALL)])
+def test_sklearn_common_checks(estimator, check):
+    check(estimator)
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    return np.random.default_rng(0).normal(size=(60, 3))
+
+
+@pytest.fixture(scope="module")
+def line():
+    """2-D points near the line x2 = 2 x1: one latent factor explains almost all the variance."""
+    rng = np.random.default_rng(1)
+    t = rng.normal(size=(256, 1))
+    return np.hstack([t, 2 * t]) + 0.05 * rng.normal(size=(256, 2))
+
+
+def _squared_error(a, b):
+    return float(((a - b) ** 2).sum(axis=1).mean())
+
+
+def test_defaults_and_parameters():
+    assert IPAE().get_params() == {
+        "n_components": 16,
+        "beta": 0.01,
+        "n_pairs": 1,
+        "hidden": (2048,),
+        "activation": "relu",
+        "distortion": "mse",
+        "steps": 5000,
+        "batch_size": 512,
+        "lr": 1e-3,
+        "precision": "fp32",
+        "device": None,
+        "random_state": None,
+        "progress": False,
+    }
+    vae = BetaVAE().get_params()
+    assert vae["beta"] == 1.0 and "n_pairs" not in vae and set(vae) == set(IPAE().get_params()) - {"n_pairs"}
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_transform_gives_float64_encoder_means_and_inverse_gives_decoded_means(cls, blobs):
+    estimator = cls(**QUICK, random_state=0).fit(blobs.astype(np.float32))
+    codes = estimator.transform(blobs)
+    assert codes.shape == (60, 2) and codes.dtype == np.float64
+    assert estimator.model_.config.rate == {"IPAE": "ip", "BetaVAE": "vae"}[cls.__name__]
+    assert estimator.n_features_in_ == 3
+    assert list(estimator.get_feature_names_out()) == [f"{cls.__name__.lower()}0", f"{cls.__name__.lower()}1"]
+    # Known answer: the same network evaluated independently in float64.
+    model = copy.deepcopy(estimator.model_).double()
+    with torch.no_grad():
+        mu, _ = model.encode(torch.from_numpy(blobs))
+        decoded = model.decode(torch.from_numpy(codes))
+    np.testing.assert_allclose(codes, mu.numpy(), rtol=1e-4, atol=1e-5)
+    reconstruction = estimator.inverse_transform(codes)
+    assert reconstruction.shape == (60, 3) and reconstruction.dtype == np.float64
+    np.testing.assert_allclose(reconstruction, decoded.numpy(), rtol=1e-4, atol=1e-5)
+    # The loss history is the objective distortion + beta * rate, step by step.
+    history = estimator.history_
+    assert estimator.loss_curve_.shape == (30,)
+    np.testing.assert_allclose(history.loss, history.distortion + estimator.beta * history.rate, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_random_state_fixes_the_result(cls, blobs):
+    codes = [cls(**QUICK, random_state=seed).fit_transform(blobs) for seed in (5, 5, 6)]
+    np.testing.assert_array_equal(codes[0], codes[1])
+    assert not np.allclose(codes[0], codes[2])
+    fresh = [cls(**QUICK).fit(blobs).seed_ for _ in range(2)]  # random_state=None: fresh randomness each fit
+    assert fresh[0] != fresh[1]
+
+
+def test_n_pairs_reaches_the_rate_term(blobs):
+    one, every = (IPAE(**QUICK, n_pairs=n_pairs, random_state=0).fit(blobs) for n_pairs in (1, None))
+    np.testing.assert_array_equal(one.history_.distortion[0], every.history_.distortion[0])  # same weights and noise at step 0
+    assert one.history_.rate[0] != every.history_.rate[0]
+
+
+def test_fit_trains_a_fresh_model_with_the_fitted_seed(blobs):
+    estimator = IPAE(**QUICK, n_pairs=2, beta=0.05, random_state=7).fit(blobs)
+    # Known answer: the documented recipe, done by hand with the seed the fit drew.
+    config = ModelConfig(n_inputs=3, hidden=(32,), n_latent=2, rate="ip", beta=0.05)
+    model = AutoEncoder(config, seed=estimator.seed_)
+    result = train(model, torch.from_numpy(blobs.astype(np.float32)), steps=30, batch_size=32, lr=3e-3, n_pairs=2, seed=estimator.seed_)
+    np.testing.assert_array_equal(estimator.loss_curve_, result.loss)
+    for mine, theirs in zip(estimator.model_.parameters(), model.parameters(), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+
+
+def test_training_lowers_the_reconstruction_error_of_the_untrained_model():
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(300, 2)) @ rng.normal(size=(2, 6)) + 0.01 * rng.normal(size=(300, 6))  # rank 2 in 6-D
+    estimator = IPAE(n_components=2, hidden=(64,), steps=300, batch_size=64, lr=3e-3, beta=1e-3, random_state=0).fit(X)
+    # The untrained network the fit started from, evaluated independently in float64.
+    untrained = AutoEncoder(estimator.model_.config, seed=estimator.seed_).double()
+    with torch.no_grad():
+        before = _squared_error(untrained.decode(untrained.encode(torch.from_numpy(X))[0]).numpy(), X)
+    after = _squared_error(estimator.inverse_transform(estimator.transform(X)), X)
+    assert before > 5  # an untrained decoder predicts about 0, and X's squared norm is about 16
+    assert after < 0.02 * before
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_reconstruction_of_a_line_beats_the_mean(cls, line):
+    estimator = cls(n_components=1, hidden=(64,), steps=300, batch_size=64, lr=3e-3, beta=0.01, random_state=0).fit(line)
+    mean_error = _squared_error(line.mean(axis=0), line)  # about 1 + 4 = 5
+    assert mean_error > 4
+    assert _squared_error(estimator.inverse_transform(estimator.transform(line)), line) < 0.05 * mean_error
+
+
+def test_score_is_the_negative_objective_and_deterministic(blobs):
+    estimator = IPAE(**QUICK, random_state=0).fit(blobs)
+    assert estimator.score(blobs) == estimator.score(blobs)
+    # With batch_size >= N the score is one batch: the model's loss with score's generator.
+    whole = clone(estimator).set_params(batch_size=100).fit(blobs)
+    with torch.no_grad():
+        terms = whole.model_.loss(
+            torch.from_numpy(blobs.astype(np.float32)), generator=torch.Generator().manual_seed(whole.seed_), n_pairs=1
+        )
+    assert whole.score(blobs) == pytest.approx(-float(terms.loss), rel=1e-6)
+    assert float(terms.loss) > 0  # squared error plus a non-negative rate
+
+
+def test_pipeline_equals_scaling_by_hand(blobs):
+    X = blobs * [1.0, 10.0, 100.0] + 5.0
+    pipeline = Pipeline([("scale", StandardScaler()), ("ae", IPAE(**QUICK, random_state=0))]).fit(X)
+    by_hand = IPAE(**QUICK, random_state=0).fit(StandardScaler().fit_transform(X))
+    np.testing.assert_allclose(pipeline.transform(X), by_hand.transform(StandardScaler().fit_transform(X)), rtol=1e-6, atol=1e-7)
+
+
+def test_grid_search_over_beta_uses_score(blobs):
+    search = GridSearchCV(IPAE(**QUICK, random_state=0), param_grid={"beta": [0.001, 0.1]}, cv=2).fit(blobs)
+    scores = search.cv_results_["mean_test_score"]
+    assert np.all(np.isfinite(scores)) and scores.shape == (2,)
+    assert search.best_params_["beta"] == [0.001, 0.1][int(np.argmax(scores))]
+    assert search.best_estimator_.transform(blobs).shape == (60, 2)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"beta": -0.1}, "'beta' parameter"),
+        ({"beta": float("nan")}, "'beta' parameter"),
+        ({"steps": 0}, "'steps' parameter"),
+        ({"lr": 0.0}, "'lr' parameter"),
+        ({"activation": "swish"}, "'activation' parameter"),
+        ({"distortion": "l1"}, "'distortion' parameter"),
+        ({"precision": "fp8"}, "'precision' parameter"),
+        ({"n_components": 0}, "'n_components' parameter"),
+        ({"hidden": ()}, "'hidden' parameter"),
+        ({"hidden": (16, 0)}, "'hidden' parameter"),
+        ({"n_pairs": 0}, "'n_pairs' parameter"),
+    ],
+)
+def test_bad_parameters_are_refused_in_fit(params, message, blobs):
+    estimator = IPAE(**{**QUICK, **params})  # __init__ only stores
+    with pytest.raises(ValueError, match=message):
+        estimator.fit(blobs)
+    assert not hasattr(estimator, "model_")
+
+
+def test_bad_input_is_refused(blobs):
+    estimator = IPAE(**QUICK, random_state=0)
+    with pytest.raises(ValueError, match="NaN"):
+        estimator.fit(np.where(blobs > 1.5, np.nan, blobs))
+    with pytest.raises(ValueError, match="2D array"):
+        estimator.fit(blobs[:, 0])
+    estimator.fit(blobs)
+    with pytest.raises(ValueError, match="X has 2 features, but IPAE is expecting 3"):
+        estimator.transform(blobs[:, :2])
+    with pytest.raises(ValueError, match="expects 2"):
+        estimator.inverse_transform(np.zeros((4, 3)))
+    with pytest.raises(ValueError, match=r"bernoulli.*\[0, 1\]"):
+        IPAE(**QUICK, distortion="bernoulli").fit(blobs)
+
+
+def test_a_second_fit_forgets_the_first(blobs):
+    estimator = IPAE(**QUICK, random_state=0).fit(blobs)
+    first = estimator.model_
+    estimator.fit(blobs[:, :2])
+    assert estimator.model_ is not first and estimator.n_features_in_ == 2
+    assert estimator.transform(blobs[:, :2]).shape == (60, 2)
+
+
+def test_divergence_is_a_clear_error_and_leaves_the_estimator_unfitted(blobs):
+    estimator = IPAE(**QUICK, random_state=0).fit(blobs)
+    estimator.set_params(lr=1e30)  # the first Adam step throws the weights to 1e30; the output overflows float32
+    with pytest.raises(FitDiverged, match="smaller lr") as info:
+        estimator.fit(blobs)
+    assert isinstance(info.value, TrainingDiverged) and info.value.step >= 1
+    assert not [name for name in vars(estimator) if name.endswith("_")]
+    with pytest.raises(NotFittedError):
+        estimator.transform(blobs)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_save_and_load_give_the_same_transform(cls, blobs, tmp_path):
+    estimator = cls(**QUICK, random_state=np.random.RandomState(3)).fit(blobs)
+    with pytest.raises(NotFittedError):
+        clone(estimator).save(tmp_path / "unfitted")
+    estimator.save(tmp_path / "fitted")
+    loaded = load_estimator(tmp_path / "fitted")
+    assert type(loaded) is cls
+    assert loaded.get_params() == {**estimator.get_params(), "random_state": None}  # a RandomState has no JSON form
+    np.testing.assert_array_equal(loaded.transform(blobs), estimator.transform(blobs))
+    np.testing.assert_array_equal(loaded.inverse_transform(np.ones((3, 2))), estimator.inverse_transform(np.ones((3, 2))))
+    np.testing.assert_array_equal(loaded.loss_curve_, estimator.loss_curve_)
+    assert loaded.score(blobs) == estimator.score(blobs) and loaded.n_features_in_ == 3
+
+
+def test_load_estimator_refuses_a_plain_model(blobs, tmp_path):
+    save_model(IPAE(**QUICK, random_state=0).fit(blobs).model_, tmp_path / "plain")
+    with pytest.raises(ValueError, match="plain.*no estimator metadata"):
+        load_estimator(tmp_path / "plain")
+
+
+def test_pickle_round_trip(blobs):
+    estimator = BetaVAE(**QUICK, random_state=0).fit(blobs)
+    unpickled = pickle.loads(pickle.dumps(estimator))
+    np.testing.assert_array_equal(unpickled.transform(blobs), estimator.transform(blobs))
+    assert unpickled.seed_ == estimator.seed_
