@@ -80,10 +80,7 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     toy = commands.add_parser("toy", help="train one model on the paper's 25-Gaussian toy task")
-    toy.add_argument("--model", choices=("ipae", "vae"), default="ipae")
-    toy.add_argument("--beta", type=_non_negative_float, default=0.01, help="weight of the rate term (default 0.01)")
-    toy.add_argument("--rate", choices=tuple(RATES), help="the bound on I(x; z) to train with (default: ip for ipae, vae for vae)")
-    toy.add_argument("--n-pairs", type=_pairs, default=1, help="IPAE partners per sample N_j, or 'all' (default 1)")
+    _add_model_options(toy, beta=0.01, beta_help="weight of the rate term (default 0.01)")
     toy.add_argument("--steps", type=_positive_int, default=5000)
     toy.add_argument("--batch-size", type=_positive_int, default=512)
     toy.add_argument("--lr", type=_positive_float, default=1e-3)
@@ -91,10 +88,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_output_options(toy)
 
     mnist = commands.add_parser("mnist", help="the paper's MNIST experiment for one configuration (digits 1, 3, 4; linear-SVM error)")
-    mnist.add_argument("--model", choices=("ipae", "vae"), default="ipae")
-    mnist.add_argument("--beta", type=_non_negative_float, default=1e-5, help="weight of the rate term (default 1e-5)")
-    mnist.add_argument("--rate", choices=tuple(RATES), help="the bound on I(x; z) to train with (default: ip for ipae, vae for vae)")
-    mnist.add_argument("--n-pairs", type=_pairs, default=1, help="IPAE partners per sample N_j, or 'all' (default 1)")
+    _add_model_options(mnist, beta=1e-5, beta_help="weight of the rate term (default 1e-5)")
     mnist.add_argument("--steps", type=_positive_int, default=5000)
     mnist.add_argument("--repeats", type=_positive_int, default=10, help="new weights and training subset each (default 10)")
     mnist.add_argument("--seed", type=int, default=0)
@@ -107,10 +101,7 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--config", type=Path, help="a TOML file of these options (names with - or _); the command line wins")
     fit.add_argument("--resume", type=Path, help="continue the run saved in this model directory, with its config.toml")
     fit.add_argument("--key", help="the array's name in a .npz archive")
-    fit.add_argument("--model", choices=("ipae", "vae"), default="ipae")
-    fit.add_argument("--beta", type=_non_negative_float, help="weight of the rate term (default 0.01 for ipae, 1 for vae)")
-    fit.add_argument("--rate", choices=tuple(RATES), help="the bound on I(x; z) to train with (default: ip for ipae, vae for vae)")
-    fit.add_argument("--n-pairs", type=_pairs, default=1, help="IPAE partners per sample N_j, or 'all' (default 1)")
+    _add_model_options(fit, beta=None, beta_help="weight of the rate term (default 0.01 for ipae, 1 for vae)")
     fit.add_argument("--n-components", type=_positive_int, default=16, help="size of the code z (default 16)")
     fit.add_argument("--hidden", type=_sizes, default=(2048,), help="hidden layer sizes, comma-separated (default 2048)")
     fit.add_argument("--activation", choices=tuple(ACTIVATIONS), default="relu")
@@ -126,9 +117,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.fit_parser = fit  # for reading its options from config files
 
     decode = commands.add_parser("decode", help="decode codes (samples x n_components) with a trained model")
-    decode.add_argument("model_dir", type=Path, help="a model directory holding model.json and model.safetensors")
-    decode.add_argument("codes", type=Path, help="codes as .npy, .npz or .csv")
-    decode.add_argument("--key", help="the array's name in a .npz archive")
+    _add_model_and_data(decode, "codes", "codes (samples x n_components)")
     decode.add_argument("--out", type=Path, required=True, help="the .npy file of reconstructions to write")
     decode.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
@@ -149,21 +138,30 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_output_options(reproduce)
 
     info = commands.add_parser("info", help="bounds and a Monte Carlo estimate of I(x; z) for a trained model on data")
-    info.add_argument("model_dir", type=Path, help="a model or run directory holding model.json and model.safetensors")
-    info.add_argument("data", type=Path, help="samples x features as .npy, .npz or .csv")
-    info.add_argument("--key", help="the array's name in a .npz archive")
+    _add_model_and_data(info, "data", "samples x features")
     info.add_argument("--samples", type=_positive_int, default=16, help="Monte Carlo draws per data point (default 16)")
     info.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo draws")
 
-    encode = commands.add_parser("encode", help="encode a .npy array with a trained model")
-    encode.add_argument("model_dir", type=Path, help="a model directory holding model.json and model.safetensors")
-    encode.add_argument("data", type=Path, help="samples x features as .npy, .npz or .csv")
-    encode.add_argument("--key", help="the array's name in a .npz archive")
+    encode = commands.add_parser("encode", help="encode data with a trained model")
+    _add_model_and_data(encode, "data", "samples x features")
     encode.add_argument("--out", type=Path, required=True, help="the .npy file of codes to write")
     encode.add_argument("--sampled", action="store_true", help="sample z ~ N(mu, sigma^2) instead of the mean")
     encode.add_argument("--seed", type=int, default=0, help="noise seed for --sampled")
     encode.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     return parser
+
+
+def _add_model_options(parser: argparse.ArgumentParser, *, beta: float | None, beta_help: str) -> None:
+    parser.add_argument("--model", choices=("ipae", "vae"), default="ipae")
+    parser.add_argument("--beta", type=_non_negative_float, default=beta, help=beta_help)
+    parser.add_argument("--rate", choices=tuple(RATES), help="the bound on I(x; z) to train with (default: ip for ipae, vae for vae)")
+    parser.add_argument("--n-pairs", type=_pairs, default=1, help="IPAE partners per sample N_j, or 'all' (default 1)")
+
+
+def _add_model_and_data(parser: argparse.ArgumentParser, name: str, what: str) -> None:
+    parser.add_argument("model_dir", type=Path, help="a model directory holding model.json and model.safetensors")
+    parser.add_argument(name, type=Path, help=f"{what} as .npy, .npz or .csv")
+    parser.add_argument("--key", help="the array's name in a .npz archive")
 
 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
