@@ -37,7 +37,13 @@ def test_toy_end_to_end(trained_run, capsys):
         "rate": None,
     }
     assert {"E", "E_sampled", "E_identity", "train_seconds"} <= metrics.keys()
-    assert sorted(p.name for p in trained_run.iterdir()) == ["metrics.json", "model.json", "model.safetensors", "reconstruction.png"]
+    assert sorted(p.name for p in trained_run.iterdir()) == [
+        "metrics.json",
+        "metrics.jsonl",
+        "model.json",
+        "model.safetensors",
+        "reconstruction.png",
+    ]
 
 
 def test_encode_writes_the_mean_codes(trained_run, tmp_path):

@@ -13,7 +13,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import TextIO
 
 import numpy as np
 import torch
@@ -230,7 +229,7 @@ def _fit(args: argparse.Namespace) -> int:
     from ipae.data.arrays import load_array
     from ipae.experiments.toy import MODELS
     from ipae.models import AutoEncoder, ModelConfig
-    from ipae.results import write_atomic, write_json
+    from ipae.results import json_lines, write_atomic, write_json
     from ipae.train import TrainingDiverged, train
 
     if args.data is None:
@@ -260,14 +259,11 @@ def _fit(args: argparse.Namespace) -> int:
     else:
         model = AutoEncoder(config, seed=args.seed)
     used = _fit_config(args, beta)
-    with _output_directory(args) as out, open(out / "metrics.jsonl", "w") as log, _optional_log(args.log) as live_log:
+    live_log = args.log if is_main_process() else None
+    with _output_directory(args) as out, json_lines(out / "metrics.jsonl", live_log) as log:
 
         def write_log(record: dict) -> None:
-            line = json.dumps(record) + "\n"
-            for sink in (log, live_log):
-                if sink is not None:
-                    sink.write(line)
-                    sink.flush()
+            log(record)
             if tensorboard is not None:
                 for name in ("loss", "distortion", "rate"):
                     tensorboard.add_scalar(f"train/{name}", record[name], record["step"])
@@ -371,15 +367,6 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     if args.data is None and data is not None:
         args.data = Path(data)
     return args
-
-
-@contextmanager
-def _optional_log(path: Path | None) -> Iterator[TextIO | None]:
-    if path is None or not is_main_process():
-        yield None
-        return
-    with open(path, "w") as file:
-        yield file
 
 
 def _tensorboard_writer(directory: Path | None):

@@ -10,12 +10,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 __all__ = [
     "write_atomic",
     "write_json",
+    "json_lines",
     "save_png",
     "staged_directory",
     "write_table",
@@ -60,6 +61,22 @@ def _finite_or_none(value: object) -> object:
     if isinstance(value, (list, tuple)):
         return [_finite_or_none(item) for item in value]
     return value
+
+
+@contextmanager
+def json_lines(*paths: Path | None) -> Iterator[Callable[[dict], None]]:
+    """A function that appends each record it is given, as one JSON line, to every file of `paths`
+    (None: skipped), flushed at once so that the log can be read while it grows."""
+    with ExitStack() as stack:
+        files = [stack.enter_context(open(path, "w")) for path in paths if path is not None]
+
+        def write(record: dict) -> None:
+            line = json.dumps(_finite_or_none(record)) + "\n"
+            for file in files:
+                file.write(line)
+                file.flush()
+
+        yield write
 
 
 def save_png(figure, path: str | Path) -> None:

@@ -17,7 +17,7 @@ from ipae.evaluation import linear_svm_error, principal_components
 from ipae.experiments.parallel import map_runs
 from ipae.experiments.toy import MODELS, child_seeds
 from ipae.models import AutoEncoder
-from ipae.results import save_png, write_atomic, write_json
+from ipae.results import json_lines, save_png, write_atomic, write_json
 from ipae.train import TrainingDiverged, train
 
 __all__ = ["MnistRun", "run_mnist", "run_repeat", "summarise_repeats", "first_successful_repeat", "title", "draw_codes"]
@@ -43,8 +43,9 @@ class MnistRun:
 
 
 def run_repeat(run: MnistRun, data_dir: Path | None, out: Path, repeat: int, *, device: str | None = None) -> dict:
-    """Train and evaluate repeat number `repeat` of `run`, writing out/repeat-<r>.json and, unless it
-    failed, out/repeat-<r>-pca.npz (the test codes' 2-D PCA and labels). A finished repeat is not redone."""
+    """Train and evaluate repeat number `repeat` of `run`, writing out/repeat-<r>.json, its training log
+    out/repeat-<r>.jsonl and, unless it failed, out/repeat-<r>-pca.npz (the test codes' 2-D PCA and
+    labels). A finished repeat is not redone."""
     record = out / f"repeat-{repeat}.json"
     if record.exists():
         return json.loads(record.read_text())
@@ -54,17 +55,19 @@ def run_repeat(run: MnistRun, data_dir: Path | None, out: Path, repeat: int, *, 
     x_train = torch.from_numpy(data.x_train)
     metrics: dict = {"repeat": repeat, "n_train": len(x_train), "n_test": len(data.x_test)}
     try:
-        result = train(
-            model,
-            x_train,
-            steps=run.steps,
-            batch_size=run.batch_size,
-            lr=run.lr,
-            n_pairs=run.n_pairs,
-            seed=train_seed,
-            precision=run.precision,
-            progress=False,
-        )
+        with json_lines(out / f"repeat-{repeat}.jsonl") as log:
+            result = train(
+                model,
+                x_train,
+                steps=run.steps,
+                batch_size=run.batch_size,
+                lr=run.lr,
+                n_pairs=run.n_pairs,
+                seed=train_seed,
+                precision=run.precision,
+                progress=False,
+                on_log=log,
+            )
     except TrainingDiverged as diverged:
         metrics |= {"status": "failed", "error": str(diverged), "failed_step": diverged.step, "train_seconds": diverged.result.seconds}
         write_json(record, metrics)

@@ -14,7 +14,7 @@ from ipae.checkpoint import save_model
 from ipae.data.toy import gaussian_grid
 from ipae.evaluation import centre_distance
 from ipae.models import AutoEncoder
-from ipae.results import save_png, write_json
+from ipae.results import json_lines, save_png, write_json
 from ipae.train import TrainingDiverged, resolve_device, train
 
 __all__ = ["MODELS", "ToyRun", "ToyOutcome", "run_toy", "draw_reconstruction", "child_seeds"]
@@ -55,7 +55,8 @@ def child_seeds(seed: int, count: int) -> list[int]:
 
 def run_toy(run: ToyRun, out: Path, *, device: str | torch.device | None = None, progress: bool | None = None) -> ToyOutcome:
     """Train and evaluate one toy run, writing into the existing directory `out`:
-    metrics.json, and unless training diverged, reconstruction.png and the model. Returns the metrics.
+    metrics.json, metrics.jsonl (the training log), and unless training diverged, reconstruction.png and
+    the model. Returns the metrics.
 
     Metrics: E (decoding the mean code), E_sampled (decoding a sampled code), E_identity (the inputs
     themselves), train_seconds (the training loop alone), status ("ok" or "failed"), the config.
@@ -73,17 +74,19 @@ def run_toy(run: ToyRun, out: Path, *, device: str | torch.device | None = None,
         "E_identity": centre_distance(data.x, data.labels, data.centres),
     }
     try:
-        result = train(
-            model,
-            data.x,
-            steps=run.steps,
-            batch_size=run.batch_size,
-            lr=run.lr,
-            n_pairs=run.n_pairs,
-            seed=train_seed,
-            precision=run.precision,
-            progress=progress,
-        )
+        with json_lines(out / "metrics.jsonl") as log:
+            result = train(
+                model,
+                data.x,
+                steps=run.steps,
+                batch_size=run.batch_size,
+                lr=run.lr,
+                n_pairs=run.n_pairs,
+                seed=train_seed,
+                precision=run.precision,
+                progress=progress,
+                on_log=log,
+            )
     except TrainingDiverged as diverged:
         metrics |= {"status": "failed", "error": str(diverged), "failed_step": diverged.step, "train_seconds": diverged.result.seconds}
         write_json(out / "metrics.json", metrics)
