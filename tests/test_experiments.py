@@ -23,7 +23,7 @@ def test_a_short_toy_run_writes_its_metrics_panel_and_model(tmp_path):
     assert outcome.metrics["E"] == metrics["E"] and outcome.reconstruction.shape == (5000, 2)
     assert (tmp_path / "run" / "reconstruction.png").read_bytes().startswith(PNG_MAGIC)
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [record["step"] for record in log] == [20] and log[0]["loss"] == pytest.approx(metrics["final_loss"], rel=1)
+    assert [record["step"] for record in log] == [20] and {"loss", "distortion", "rate", "seconds"} <= log[0].keys()
     assert (tmp_path / "run" / "model.safetensors").exists() and (tmp_path / "run" / "model.json").exists()
 
 
