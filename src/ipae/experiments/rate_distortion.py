@@ -19,8 +19,8 @@ from ipae.results import save_png, write_json, write_table
 __all__ = ["GRID", "ESTIMATORS", "rate_distortion_runs", "reproduce_rate_distortion"]
 
 # Rate term -> (model, betas). The mixture estimates are capped by log(batch) = 6.2 nats, eq. 10 and the
-# VAE's KL are not, so their useful betas differ. (The Bhattacharyya lower bound trains too, but is not
-# a bound to minimise and costs a (B, B, D) tensor a step; it is left out of the grid.)
+# VAE's KL are not, so their useful betas differ. (The Bhattacharyya lower bound trains too, but a lower
+# bound is not one to minimise; it is left out of the grid.)
 GRID: dict[str, tuple[str, tuple[float, ...]]] = {
     "ip": ("ipae", (0.003, 0.01, 0.03, 0.1)),
     "pairwise-kl": ("ipae", (0.3, 1.0, 3.0)),
