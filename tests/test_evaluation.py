@@ -54,3 +54,16 @@ def test_principal_components_match_an_svd():
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     expected = centred @ vt[:2].T
     np.testing.assert_allclose(np.abs(projected), np.abs(expected), rtol=1e-8, atol=1e-8)  # up to each axis' sign
+
+
+def test_within_class_fraction_has_known_answers():
+    from ipae.evaluation import within_class_fraction
+
+    labels = np.array([0, 0, 1, 1])
+    # class means (0, 0) and (4, 0); within: 4 points at distance 1; total: about the mean (2, 0)
+    points = np.array([[0.0, 1.0], [0.0, -1.0], [4.0, 1.0], [4.0, -1.0]])
+    assert within_class_fraction(points, labels) == pytest.approx(4 / (4 * 4 + 4))
+    assert within_class_fraction(np.array([[1.0, 1.0], [1.0, 1.0], [3.0, 0.0], [3.0, 0.0]]), labels) == 0.0
+    assert within_class_fraction(np.array([[0.0], [2.0], [0.0], [2.0]]), labels) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="need points"):
+        within_class_fraction(np.zeros(4), labels)

@@ -29,3 +29,8 @@ def test_the_estimators_doc_shows_the_generated_rate_distortion_table():
     docs = README.parent / "docs"
     generated = docs / "rate_distortion" / "rate_distortion.md"
     assert generated.read_text().strip() in (docs / "estimators.md").read_text()
+
+
+def test_the_reproducing_doc_shows_the_generated_figure2_table():
+    docs = README.parent / "docs"
+    assert (docs / "figure2" / "figure2.md").read_text().strip() in (docs / "reproducing.md").read_text()

@@ -10,7 +10,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from torch import Tensor
 
-__all__ = ["centre_distance", "linear_svm_error", "principal_components"]
+__all__ = ["centre_distance", "linear_svm_error", "principal_components", "within_class_fraction"]
 
 
 def centre_distance(points: Tensor, labels: Tensor, centres: Tensor) -> float:
@@ -52,3 +52,15 @@ def linear_svm_error(train_codes: np.ndarray, train_labels: np.ndarray, test_cod
 def principal_components(codes: np.ndarray, n_components: int = 2) -> np.ndarray:
     """Codes (N, D) projected on their first principal components, (N, n_components), for pictures."""
     return PCA(n_components=n_components).fit_transform(codes)
+
+
+def within_class_fraction(points: np.ndarray, labels: np.ndarray) -> float:
+    """How compact the classes are: the within-class sum of squared distances to the class means over
+    the total sum of squared distances to the overall mean. points (N, F), labels (N,) -> float in [0, 1];
+    0 when every class is a single point, 1 when all classes share one mean."""
+    if points.ndim != 2 or labels.shape != points.shape[:1] or len(points) == 0:
+        raise ValueError(f"need points (N, F) with N > 0 and labels (N,), got {points.shape} and {labels.shape}")
+    points = points.astype(np.float64)
+    total = np.square(points - points.mean(axis=0)).sum()
+    within = sum(np.square(points[labels == label] - points[labels == label].mean(axis=0)).sum() for label in np.unique(labels))
+    return float(within / total) if total > 0 else 0.0

@@ -26,7 +26,8 @@ VAE_BETAS = (1e-5, 1e-4, 1e-3, 1e-2)
 IPAE_BETAS = (1e-5, 1e-4, 1e-3)
 IPAE_PAIRS = (8, 64, None)
 
-COLUMNS = ("model", "beta", "N_j", "steps", "precision", "repeats", "failed_repeats", "svm_error", "svm_error_std", "train_seconds")
+COLUMNS = ("model", "beta", "N_j", "steps", "precision", "repeats", "failed_repeats", "svm_error", "svm_error_std")
+COLUMNS += ("pca_within_class", "train_seconds")
 # The settings a resumed sweep must share with the runs it keeps.
 SWEEP_SETTINGS = ("steps", "seed", "precision")
 

@@ -13,7 +13,7 @@ import torch
 from matplotlib.figure import Figure
 
 from ipae.data.mnist import PAPER_DIGITS, PAPER_N_TRAIN, load_mnist
-from ipae.evaluation import linear_svm_error, principal_components
+from ipae.evaluation import linear_svm_error, principal_components, within_class_fraction
 from ipae.experiments.parallel import map_runs
 from ipae.experiments.toy import MODELS, child_seeds
 from ipae.models import AutoEncoder
@@ -116,8 +116,12 @@ def run_mnist(
 
 def summarise_repeats(run: MnistRun, results: list[dict], out: Path) -> dict:
     """The metrics of `run` over its repeats' `results` (the records of run_repeat), written to
-    out/metrics.json, and out/codes.png from the first successful repeat. Returns the metrics."""
+    out/metrics.json, and out/codes.png from the first successful repeat. Returns the metrics; besides
+    the errors, `pca_within_class`: the mean over repeats of `within_class_fraction` of the test codes'
+    2-D PCA (the picture): smaller is more compact classes."""
     errors = [result["svm_error"] for result in results if result["status"] == "ok"]
+    pictures = [np.load(out / f"repeat-{result['repeat']}-pca.npz") for result in results if result["status"] == "ok"]
+    compactness = [within_class_fraction(picture["pca"], picture["labels"]) for picture in pictures]
     metrics = {
         "config": asdict(run),
         "repeats": len(results),
@@ -126,6 +130,7 @@ def summarise_repeats(run: MnistRun, results: list[dict], out: Path) -> dict:
         "svm_errors": errors,
         "failed_repeats": sum(result["status"] != "ok" for result in results),
         "train_seconds": sum(result["train_seconds"] for result in results),
+        "pca_within_class": statistics.mean(compactness) if compactness else None,
     }
     write_json(out / "metrics.json", metrics)
     first = first_successful_repeat(results)
