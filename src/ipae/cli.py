@@ -236,7 +236,6 @@ def _fit(args: argparse.Namespace) -> int:
         raise ValueError('no data: give DATA, or `data = "..."` in the --config file')
     if args.out.exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} already exists; choose another --out or pass --overwrite")
-    tensorboard = _tensorboard_writer(args.tensorboard)
     device = _training_device(args.device)
     x = load_array(args.data, key=args.key)
     if args.distortion == "bernoulli" and not ((x >= 0) & (x <= 1)).all():
@@ -259,6 +258,7 @@ def _fit(args: argparse.Namespace) -> int:
     else:
         model = AutoEncoder(config, seed=args.seed)
     used = _fit_config(args, beta)
+    tensorboard = _tensorboard_writer(args.tensorboard)  # the last check: it creates its directory
     live_log = args.log if is_main_process() else None
     with _output_directory(args) as out, json_lines(out / "metrics.jsonl", live_log) as log:
 

@@ -131,10 +131,10 @@ def train(
     """Train `model` in place on `data` (N, n_inputs) with Adam; returns the per-step history.
 
     Defaults are the paper's (section 4.1): Adam, lr 1e-3, batch 512, 5000 steps, K = 1 noise draw,
-    N_j = `n_pairs` = 1 partner (None: all pairs). A batch larger than N is cut to N. Under
-    torch.distributed (torchrun; see ipae.distributed) `batch_size` is each process's share: R processes
-    train on a global batch of R * batch_size, as one process would with that batch, and log its losses. `seed` fixes the
+    N_j = `n_pairs` = 1 partner (None: all pairs). A batch larger than N is cut to N. `seed` fixes the
     batches, the noise and the partners: the same seed and model give the same result on a device.
+    Under torch.distributed (torchrun; see ipae.distributed) `batch_size` is each process's share: R
+    processes train on a global batch of R * batch_size as one process would, and log its losses.
     `precision`: a key of PRECISIONS; "bf16" trades precision in the layers for speed.
     `progress`: a progress bar (None: only on a terminal). Every `log_every` steps the loop checks the
     loss once (one host sync), raises `TrainingDiverged` at the first non-finite step, and passes
