@@ -120,7 +120,7 @@ def _pairwise_kl(mu: Tensor, logvar: Tensor, generator: torch.Generator | None, 
 
 def _bhattacharyya(mu: Tensor, logvar: Tensor, generator: torch.Generator | None, n_samples: int, chunk_size: int) -> Tensor:
     # BD works on its (I, J) blocks element by element, D times over: blocks a quarter of chunk_size on a
-    # side stay in the L2 cache (256 x 256 floats), 3.5 times faster than 1024 x 1024 on a 2-core EPYC.
+    # side stay in the L2 cache (256 x 256 floats), 3.5 times faster than 1024 x 1024 on a 2-core Xeon.
     return -_log_mean_exp_of_negative(bhattacharyya_distance, mu, logvar, max(1, chunk_size // 4))
 
 
