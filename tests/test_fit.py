@@ -200,3 +200,35 @@ def test_tensorboard_gets_the_logged_scalars(data, tmp_path, monkeypatch):
     assert main([*args, "--out", str(tmp_path / "out")]) == 0
     assert written[0] == ("open", str(tmp_path / "tb")) and written[-1] == ("close", None)
     assert [entry for entry in written[1:-1] if entry[0] == "train/loss"] == [("train/loss", 2), ("train/loss", 4)]
+
+
+def test_a_killed_fit_continues_from_its_checkpoint_as_if_never_stopped(data, tmp_path, monkeypatch, capsys):
+    training = sys.modules["ipae.train"]  # the module: `ipae.train` is the function
+
+    common = ["fit", str(data), *SMALL, "--steps", "12", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "whole")]) == 0
+    assert main([*common, "--checkpoint-every", "5", "--out", str(tmp_path / "pieces")]) == 0
+    assert _same_weights(tmp_path / "pieces", tmp_path / "whole") and not (tmp_path / "pieces.checkpoint").exists()
+
+    real_train, calls = training.train, []
+
+    def killed_in_the_third_piece(*args, **kwargs):
+        calls.append(kwargs["stop_at"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train", killed_in_the_third_piece)
+    assert main([*common, "--checkpoint-every", "5", "--out", str(tmp_path / "killed")]) == 130
+    assert calls == [5, 10, 12] and not (tmp_path / "killed").exists()
+    assert f"continue it with `ipae fit --resume {tmp_path / 'killed.checkpoint'}" in capsys.readouterr().err
+    assert json.loads((tmp_path / "killed.checkpoint" / "training.json").read_text())["step"] == 10
+    monkeypatch.setattr(training, "train", real_train)
+    assert main(["fit", "--resume", str(tmp_path / "killed.checkpoint"), "--quiet", "--out", str(tmp_path / "killed")]) == 0
+    assert _same_weights(tmp_path / "killed", tmp_path / "whole")
+
+
+def test_reproduce_refuses_to_run_under_torchrun(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["reproduce", "figure1", "--out", str(tmp_path / "out")]) == 2
+    assert "without torchrun" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -11,6 +11,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -112,6 +113,11 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--log", type=Path, help="also write the JSON-lines log here while training (OUT/metrics.jsonl has it at the end)")
     fit.add_argument("--log-every", type=_positive_int, default=100, help="steps per line of the log (default 100)")
     fit.add_argument("--tensorboard", type=Path, help="a TensorBoard log directory (needs the tensorboard package)")
+    fit.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        help="every N steps, save the run so far to OUT.checkpoint (removed at the end); continue a killed run with --resume",
+    )
     _add_output_options(fit)
     parser.fit_parser = fit  # for reading its options from config files
 
@@ -225,12 +231,11 @@ def _mnist(args: argparse.Namespace) -> int:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from ipae.checkpoint import load_model, load_state, save_model
+    from ipae.checkpoint import load_model, load_state
     from ipae.data.arrays import load_array
     from ipae.experiments.toy import MODELS
     from ipae.models import AutoEncoder, ModelConfig
-    from ipae.results import json_lines, write_atomic, write_json
-    from ipae.train import TrainingDiverged, train
+    from ipae.results import json_lines, write_json
 
     if args.data is None:
         raise ValueError('no data: give DATA, or `data = "..."` in the --config file')
@@ -268,10 +273,38 @@ def _fit(args: argparse.Namespace) -> int:
                 for name in ("loss", "distortion", "rate"):
                     tensorboard.add_scalar(f"train/{name}", record[name], record["step"])
 
-        try:
+        result = _train_in_pieces(model.to(device), torch.from_numpy(x), args, state, write_log, used)
+        _save_fit(model, out, result.state, used)
+        summary = {"loss": result.loss[-1], "distortion": result.distortion[-1], "rate": result.rate[-1], "train_seconds": result.seconds}
+        write_json(out / "metrics.json", {"steps": len(result.loss), **{key: float(value) for key, value in summary.items()}})
+    if tensorboard is not None:
+        tensorboard.close()
+    if is_main_process():
+        shutil.rmtree(_checkpoint_directory(args), ignore_errors=True)
+    _report(
+        f"{len(result.loss)} steps: loss {result.loss[-1]:.4g} (distortion {result.distortion[-1]:.4g}, rate {result.rate[-1]:.4g}), "
+        f"{result.seconds:.1f} s -> {args.out}"
+    )
+    return 0
+
+
+def _checkpoint_directory(args: argparse.Namespace) -> Path:
+    return args.out.with_name(args.out.name + ".checkpoint")
+
+
+def _train_in_pieces(model, x: torch.Tensor, args: argparse.Namespace, state, on_log, used: dict):
+    """Train as `args` say, from `state` (None: from the start); with --checkpoint-every N, in pieces
+    that end at multiples of N, saving the run so far to OUT.checkpoint after each. Returns the result."""
+    from ipae.results import staged_directory
+    from ipae.train import TrainingDiverged, train
+
+    checkpoint, piece = _checkpoint_directory(args), args.checkpoint_every or args.steps
+    first, seconds = (0 if state is None else state.step), 0.0
+    try:
+        for stop_at in [*range(first - first % piece + piece, args.steps, piece), args.steps]:
             result = train(
-                model.to(device),
-                torch.from_numpy(x),
+                model,
+                x,
                 steps=args.steps,
                 batch_size=args.batch_size,
                 lr=args.lr,
@@ -280,22 +313,32 @@ def _fit(args: argparse.Namespace) -> int:
                 precision=args.precision,
                 progress=False if args.quiet else None,
                 log_every=args.log_every,
-                on_log=write_log,
+                on_log=on_log,
                 resume=state,
+                stop_at=stop_at,
             )
-        except TrainingDiverged as diverged:
-            raise _Failed(f"{diverged}; try a larger --beta or a smaller --lr (nothing was written)") from None
-        save_model(model, out, state=result.state, metadata={"fit": used})
-        write_atomic(out / "config.toml", lambda tmp: tmp.write_text(_toml(used)))
-        summary = {"loss": result.loss[-1], "distortion": result.distortion[-1], "rate": result.rate[-1], "train_seconds": result.seconds}
-        write_json(out / "metrics.json", {"steps": len(result.loss), **{key: float(value) for key, value in summary.items()}})
-    if tensorboard is not None:
-        tensorboard.close()
-    _report(
-        f"{len(result.loss)} steps: loss {result.loss[-1]:.4g} (distortion {result.distortion[-1]:.4g}, rate {result.rate[-1]:.4g}), "
-        f"{result.seconds:.1f} s -> {args.out}"
-    )
-    return 0
+            state, seconds = result.state, seconds + result.seconds
+            if stop_at < args.steps and is_main_process():
+                with staged_directory(checkpoint, overwrite=True) as stage:
+                    _save_fit(model, stage, state, used)
+    except TrainingDiverged as diverged:
+        raise _Failed(f"{diverged}; try a larger --beta or a smaller --lr (nothing was written)") from None
+    except KeyboardInterrupt:
+        if args.checkpoint_every and checkpoint.exists():
+            raise KeyboardInterrupt(
+                f"the run so far is in {checkpoint}; continue it with `ipae fit --resume {checkpoint} --out {args.out}`"
+            ) from None
+        raise
+    return replace(result, seconds=seconds)  # the training time of all pieces
+
+
+def _save_fit(model, directory: Path, state, used: dict) -> None:
+    """A fit's model directory: the model with its training state, and the config it ran with."""
+    from ipae.checkpoint import save_model
+    from ipae.results import write_atomic
+
+    save_model(model, directory, state=state, metadata={"fit": used})
+    write_atomic(directory / "config.toml", lambda tmp: tmp.write_text(_toml(used)))
 
 
 def _report(line: str) -> None:
@@ -411,6 +454,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     from ipae.results import staged_directory
     from ipae.train import resolve_device
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("ipae reproduce runs its grid in parallel itself (--jobs); start it without torchrun")
     if args.figure == "figure2":
         return _reproduce_figure2(args)
     if args.repeats is not None or args.data_dir is not None or args.resume:
@@ -559,8 +604,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Failed as failure:
         print(f"ipae: {failure}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("ipae: interrupted; nothing was written", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        print(f"ipae: interrupted; {interrupt or 'nothing was written'}", file=sys.stderr)
         return 130
 
 
