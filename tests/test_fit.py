@@ -232,3 +232,22 @@ def test_reproduce_refuses_to_run_under_torchrun(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["reproduce", "figure1", "--out", str(tmp_path / "out")]) == 2
     assert "without torchrun" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_a_fit_diverging_after_a_checkpoint_names_it(data, tmp_path, monkeypatch, capsys):
+    from ipae.train import TrainingDiverged, TrainResult
+
+    training = sys.modules["ipae.train"]
+    real_train = training.train
+
+    def diverging_in_the_second_piece(*args, **kwargs):
+        if kwargs["stop_at"] > 5:
+            raise TrainingDiverged(7, TrainResult(np.zeros(8), np.zeros(8), np.zeros(8), 0.1))
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train", diverging_in_the_second_piece)
+    args = ["fit", str(data), *SMALL, "--steps", "12", "--checkpoint-every", "5", "--quiet", "--out", str(tmp_path / "out")]
+    assert main(args) == 1
+    error = capsys.readouterr().err
+    assert f"the run up to step 5 is in {tmp_path / 'out.checkpoint'}" in error and error.count("\n") == 1
+    assert not (tmp_path / "out").exists() and (tmp_path / "out.checkpoint" / "model.safetensors").exists()

@@ -322,7 +322,8 @@ def _train_in_pieces(model, x: torch.Tensor, args: argparse.Namespace, state, on
                 with staged_directory(checkpoint, overwrite=True) as stage:
                     _save_fit(model, stage, state, used)
     except TrainingDiverged as diverged:
-        raise _Failed(f"{diverged}; try a larger --beta or a smaller --lr (nothing was written)") from None
+        kept = f"; the run up to step {state.step} is in {checkpoint}" if args.checkpoint_every and checkpoint.exists() else ""
+        raise _Failed(f"{diverged}; try a larger --beta or a smaller --lr (no model was written{kept})") from None
     except KeyboardInterrupt:
         if args.checkpoint_every and checkpoint.exists():
             raise KeyboardInterrupt(
