@@ -5,11 +5,12 @@
 
 For the paper's toy and MNIST models it measures ms per training step of
 - a plain eager loop written here (nn.Linear, default Adam, fp32; for MNIST also with bf16 autocast),
-- `ipae.train` at precision fp32 and bf16,
+- `ipae.train` at precision fp32 and bf16, eager and with `compile=True`,
 interleaved, `--repeats` times, and reports the median, the spread (min..max) and the median of the
 per-repeat ratios plain / ipae (interleaving keeps a drifting machine from favouring either side).
-It also times the rate terms alone (as a fraction of an MNIST step), the all-pairs rate at a batch
-size whose (B, B, D) tensor could not exist, and encoding throughput.
+It also times compiling (with inductor's on-disk cache empty and full), the rate terms alone (as a
+fraction of an MNIST step), the all-pairs rate at a batch size whose (B, B, D) tensor could not
+exist, encoding throughput, and independent runs side by side as a sweep runs them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -72,11 +74,35 @@ def plain_eager_loop(preset: str, data: torch.Tensor, *, steps: int, bf16: bool 
     return (time.perf_counter() - start) / steps * 1000
 
 
-def ipae_loop(preset: str, data: torch.Tensor, *, steps: int, precision: str) -> float:
-    """ms per step of `ipae.train` (IPAE, N_j = 1), after a short warm-up run."""
+def ipae_loop(preset: str, data: torch.Tensor, *, steps: int, precision: str, compile: bool = False) -> float:
+    """ms per step of `ipae.train` (IPAE, N_j = 1), after a short warm-up run (which compiles)."""
     model = AutoEncoder.from_preset(preset, rate="ip")
-    train(model, data, steps=5, precision=precision, progress=False)
-    return train(model, data, steps=steps, precision=precision, progress=False).seconds / steps * 1000
+    train(model, data, steps=5, precision=precision, progress=False, compile=compile)
+    return train(model, data, steps=steps, precision=precision, progress=False, compile=compile).seconds / steps * 1000
+
+
+def compile_seconds(preset: str, precision: str, *, cache: str | None) -> float:
+    """Seconds of a 1-step compiled `ipae.train` in a new interpreter, minus those of the same step eager;
+    `cache`: inductor's cache directory (a new, empty one measures compiling from scratch)."""
+    environment = {"TORCHINDUCTOR_CACHE_DIR": cache} if cache else {}
+    with ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("spawn"), initializer=_set_environment, initargs=(environment,)
+    ) as pool:
+        return pool.submit(_first_step_seconds, preset, precision).result()
+
+
+def _set_environment(environment: dict[str, str]) -> None:
+    os.environ.update(environment)
+
+
+def _first_step_seconds(preset: str, precision: str) -> float:
+    data = make_data(preset)
+    seconds = {}
+    for compile in (False, True):
+        start = time.perf_counter()
+        train(AutoEncoder.from_preset(preset, rate="ip"), data, steps=1, precision=precision, progress=False, compile=compile)
+        seconds[compile] = time.perf_counter() - start
+    return seconds[True] - seconds[False]
 
 
 def make_data(preset: str) -> torch.Tensor:
@@ -96,30 +122,61 @@ def _plain_on(preset: str, steps: int, bf16: bool) -> float:
     return plain_eager_loop(preset, make_data(preset), steps=steps, bf16=bf16)
 
 
-def _ipae_single_thread(preset: str, steps: int, precision: str, _: int) -> float:
+def _ipae_single_thread(preset: str, steps: int, precision: str, compile: bool, _: int) -> float:
     torch.set_num_threads(1)
-    return ipae_loop(preset, make_data(preset), steps=steps, precision=precision)
+    return ipae_loop(preset, make_data(preset), steps=steps, precision=precision, compile=compile)
 
 
 def sweep_table(preset: str, steps: int, precision: str) -> list[dict]:
-    """Throughput of independent runs: one at a time with all threads, or one single-threaded process per core."""
+    """Throughput of independent runs: one at a time with all threads, or one single-threaded process per
+    core, each eager and compiled."""
     cores = os.cpu_count() or 1
-    one_at_a_time = ipae_loop(preset, make_data(preset), steps=steps, precision=precision)
-    side_by_side = map_runs(partial(_ipae_single_thread, preset, steps, precision), range(cores), jobs=cores, progress=False)
-    rows = [
-        {
-            "runs": f"1 process x {torch.get_num_threads()} threads",
-            "ms/step of each run": one_at_a_time,
-            "steps/s in all": 1000 / one_at_a_time,
-        },
-        {
-            "runs": f"{cores} processes x 1 thread",
-            "ms/step of each run": statistics.median(side_by_side),
-            "steps/s in all": sum(1000 / ms for ms in side_by_side),
-        },
-    ]
+    rows = []
+    for compile in (False, True):
+        how = " + compile" if compile else ""
+        one_at_a_time = ipae_loop(preset, make_data(preset), steps=steps, precision=precision, compile=compile)
+        runs = partial(_ipae_single_thread, preset, steps, precision, compile)
+        side_by_side = map_runs(runs, range(cores), jobs=cores, progress=False)
+        rows.append(
+            {
+                "runs": f"1 process x {torch.get_num_threads()} threads{how}",
+                "ms/step of each run": one_at_a_time,
+                "steps/s in all": 1000 / one_at_a_time,
+            }
+        )
+        rows.append(
+            {
+                "runs": f"{cores} processes x 1 thread{how}",
+                "ms/step of each run": statistics.median(side_by_side),
+                "steps/s in all": sum(1000 / ms for ms in side_by_side),
+            }
+        )
     for row in rows:
         row["Figure-2 sweep (100 runs x 5000 steps), training alone, minutes"] = 100 * 5000 / row["steps/s in all"] / 60
+    return rows
+
+
+def compile_table(toy_times: dict[str, list[float]], mnist_times: dict[str, list[float]]) -> list[dict]:
+    """Seconds to compile each model and precision, from an empty and from a full inductor cache, and
+    the steps after which the compiled loop has made up for compiling."""
+    rows = []
+    for preset, times in (("toy", toy_times), ("mnist", mnist_times)):
+        for precision in ("fp32", "bf16"):
+            with tempfile.TemporaryDirectory() as cache:
+                cold = compile_seconds(preset, precision, cache=cache)
+                warm = compile_seconds(preset, precision, cache=cache)
+            saved_ms = statistics.median(times[f"ipae {precision}"]) - statistics.median(times[f"ipae {precision} + compile"])
+            rows.append(
+                {
+                    "model": preset,
+                    "precision": precision,
+                    "compile s, empty cache": cold,
+                    "compile s, full cache": warm,
+                    "ms saved per step": saved_ms,
+                    "pays after (steps, empty cache)": round(cold * 1000 / saved_ms) if saved_ms > 0 else "never",
+                    "pays after (steps, full cache)": round(warm * 1000 / saved_ms) if saved_ms > 0 else "never",
+                }
+            )
     return rows
 
 
@@ -268,6 +325,8 @@ def main() -> None:
             "plain eager fp32": lambda: plain_eager_loop("toy", toy, steps=steps),
             "ipae fp32": lambda: ipae_loop("toy", toy, steps=steps, precision="fp32"),
             "ipae bf16": lambda: ipae_loop("toy", toy, steps=steps, precision="bf16"),
+            "ipae fp32 + compile": lambda: ipae_loop("toy", toy, steps=steps, precision="fp32", compile=True),
+            "ipae bf16 + compile": lambda: ipae_loop("toy", toy, steps=steps, precision="bf16", compile=True),
         },
         args.repeats,
     )
@@ -280,11 +339,14 @@ def main() -> None:
             "plain eager bf16 autocast": lambda: plain_eager_loop("mnist", mnist_like, steps=mnist_steps, bf16=True),
             "ipae fp32": lambda: ipae_loop("mnist", mnist_like, steps=mnist_steps, precision="fp32"),
             "ipae bf16": lambda: ipae_loop("mnist", mnist_like, steps=mnist_steps, precision="bf16"),
+            "ipae fp32 + compile": lambda: ipae_loop("mnist", mnist_like, steps=mnist_steps, precision="fp32", compile=True),
+            "ipae bf16 + compile": lambda: ipae_loop("mnist", mnist_like, steps=mnist_steps, precision="bf16", compile=True),
         },
         args.repeats,
     )
     title = "MNIST model (784-1024-8/8-1024-784, sigmoid, Bernoulli, batch 512): one training step"
     report(title, step_table(mnist_times, "plain eager fp32, fresh process"), baseline_note)
+    report("Compiling (`compile=True`): its cost, and the run length from which it pays", compile_table(toy_times, mnist_times))
     report(
         "Matmul floor: the step's matmuls alone at this machine's matmul rate",
         matmul_floor("toy", args.repeats) + matmul_floor("mnist", args.repeats),

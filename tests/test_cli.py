@@ -34,6 +34,7 @@ def test_toy_end_to_end(trained_run, capsys):
         "lr": 0.001,
         "seed": 0,
         "precision": "fp32",
+        "compile": False,
         "rate": None,
     }
     assert {"E", "E_sampled", "E_identity", "train_seconds"} <= metrics.keys()

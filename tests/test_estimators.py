@@ -65,6 +65,7 @@ def test_defaults_and_parameters():
         "batch_size": 512,
         "lr": 1e-3,
         "precision": "fp32",
+        "compile": False,
         "device": None,
         "random_state": None,
         "progress": False,

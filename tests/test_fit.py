@@ -1,6 +1,7 @@
 """`ipae fit`, `encode` and `decode` on users' data: configs, continuing, logs, and bad input."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -251,3 +252,20 @@ def test_a_fit_diverging_after_a_checkpoint_names_it(data, tmp_path, monkeypatch
     error = capsys.readouterr().err
     assert f"the run up to step 5 is in {tmp_path / 'out.checkpoint'}" in error and error.count("\n") == 1
     assert not (tmp_path / "out").exists() and (tmp_path / "out.checkpoint" / "model.safetensors").exists()
+
+
+def test_fit_with_compile_matches_the_eager_fit_and_records_it(data, tmp_path):
+    assert main(["fit", str(data), *SMALL, "--steps", "10", "--quiet", "--out", str(tmp_path / "eager")]) == 0
+    assert main(["fit", str(data), *SMALL, "--steps", "10", "--compile", "--quiet", "--out", str(tmp_path / "compiled")]) == 0
+    assert "compile = true" in (tmp_path / "compiled" / "config.toml").read_text()
+    for name, weight in _weights(tmp_path / "compiled").items():
+        torch.testing.assert_close(weight, _weights(tmp_path / "eager")[name], rtol=0, atol=1e-5)
+
+
+def test_fit_with_compile_but_no_compiler_is_one_line_and_writes_nothing(data, tmp_path):
+    environment = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+    command = ["fit", str(data), *SMALL, "--steps", "3", "--compile", "--quiet", "--out", str(tmp_path / "m")]
+    result = subprocess.run([sys.executable, "-m", "ipae.cli", *command], capture_output=True, text=True, env=environment)
+    assert result.returncode == 1
+    assert result.stderr.startswith("ipae: torch.compile failed") and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "m").exists()

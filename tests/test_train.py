@@ -1,8 +1,11 @@
 import math
+import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from ipae.data.toy import gaussian_grid
 from ipae.models import AutoEncoder, ModelConfig
@@ -44,7 +47,7 @@ def test_history_is_consistent_and_training_lowers_the_loss(toy_x, rate):
 
 def test_divergence_is_reported_at_the_first_non_finite_step(toy_x):
     model = AutoEncoder(SMALL)
-    original = model.forward
+    original = model.objective
     calls = {"n": 0}
 
     def loss_turning_nan(*args, **kwargs):
@@ -54,7 +57,7 @@ def test_divergence_is_reported_at_the_first_non_finite_step(toy_x):
             return terms._replace(loss=terms.loss * math.nan)
         return terms
 
-    model.forward = loss_turning_nan  # what the training loop calls
+    model.objective = loss_turning_nan  # what the training loop calls (in one process)
     with pytest.raises(TrainingDiverged, match="step 150") as caught:
         train(model, toy_x, steps=400, batch_size=32, log_every=100)
     assert caught.value.step == 150
@@ -91,3 +94,24 @@ def test_bad_data_is_refused(data, message):
 def test_bad_options_are_refused(toy_x, option):
     with pytest.raises(ValueError):
         train(AutoEncoder(SMALL), toy_x, **option)
+
+
+# torch.compile changes the rounding, not the computation: same noise, partners and batches.
+@pytest.mark.parametrize("precision, rtol, atol", [("fp32", 1e-5, 1e-6), ("bf16", 1e-3, 1e-3)])
+@pytest.mark.parametrize("rate, n_pairs", [("ip", 2), ("vae", None)])
+def test_compiled_training_matches_eager_training(toy_x, precision, rtol, atol, rate, n_pairs):
+    config = replace(SMALL, rate=rate)
+    eager, compiled = AutoEncoder(config), AutoEncoder(config)
+    expected = train(eager, toy_x, steps=30, batch_size=64, n_pairs=n_pairs, precision=precision)
+    torch._dynamo.reset()  # so that this test compiles afresh, whatever ran before it
+    graphs = counters["stats"]["unique_graphs"]
+    result = train(compiled, toy_x, steps=30, batch_size=64, n_pairs=n_pairs, precision=precision, compile=True)
+    assert counters["stats"]["unique_graphs"] > graphs  # the objective did go through the compiler
+    np.testing.assert_allclose(result.loss, expected.loss, rtol=rtol)
+    torch.testing.assert_close(_weights(compiled), _weights(eager), rtol=0, atol=atol)
+
+
+def test_compile_is_refused_under_torch_distributed(toy_x, monkeypatch):
+    monkeypatch.setattr(sys.modules["ipae.train"], "world_size", lambda: 2)
+    with pytest.raises(ValueError, match="compile=True is not supported under torch.distributed"):
+        train(AutoEncoder(SMALL), toy_x, steps=1, compile=True)

@@ -54,6 +54,7 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "precision": [StrOptions(set(PRECISIONS))],
+        "compile": ["boolean"],
         "device": [str, torch.device, None],
         "random_state": ["random_state"],
         "progress": ["boolean"],
@@ -71,6 +72,7 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         batch_size: int,
         lr: float,
         precision: str,
+        compile: bool,
         device: str | torch.device | None,
         random_state: int | np.random.RandomState | None,
         progress: bool,
@@ -84,6 +86,7 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         self.batch_size = batch_size
         self.lr = lr
         self.precision = precision
+        self.compile = compile
         self.device = device
         self.random_state = random_state
         self.progress = progress
@@ -140,6 +143,7 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                 n_pairs=self._n_pairs(),
                 seed=seed,
                 precision=self.precision,
+                compile=self.compile,
                 progress=self.progress,
             )
         except TrainingDiverged as error:
@@ -263,6 +267,7 @@ class IPAE(_AutoEncoderTransformer):
         batch_size: int = 512,
         lr: float = 1e-3,
         precision: str = "fp32",
+        compile: bool = False,
         device: str | torch.device | None = None,
         random_state: int | np.random.RandomState | None = None,
         progress: bool = False,
@@ -277,6 +282,7 @@ class IPAE(_AutoEncoderTransformer):
             batch_size=batch_size,
             lr=lr,
             precision=precision,
+            compile=compile,
             device=device,
             random_state=random_state,
             progress=progress,
@@ -305,6 +311,7 @@ class BetaVAE(_AutoEncoderTransformer):
         batch_size: int = 512,
         lr: float = 1e-3,
         precision: str = "fp32",
+        compile: bool = False,
         device: str | torch.device | None = None,
         random_state: int | np.random.RandomState | None = None,
         progress: bool = False,
@@ -319,6 +326,7 @@ class BetaVAE(_AutoEncoderTransformer):
             batch_size=batch_size,
             lr=lr,
             precision=precision,
+            compile=compile,
             device=device,
             random_state=random_state,
             progress=progress,

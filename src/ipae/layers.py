@@ -10,6 +10,8 @@ parameters and the same gradients up to rounding, but
   slower than its transpose (2 x 512) @ (512 x 2048) with oneDNN on the CPU;
 - under autocast (bf16), the matmuls and the saved activations are in the autocast dtype, while the
   parameters and their gradients stay in float32.
+Under torch.compile the layer is written with plain operators instead (`F.linear` and the
+activation), which the compiler can fuse with its neighbours; the hand-written backward would hide them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["Dense", "ACTIVATIONS"]
@@ -100,6 +103,9 @@ class Dense(nn.Module):
         self.bias.uniform_(-bound, bound, generator=generator)
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            out = F.linear(x, self.weight, self.bias)
+            return out if self.activation is None else getattr(torch, self.activation)(out)
         return _DenseFunction.apply(x, self.weight, self.bias, self.activation, _compute_dtype(x))
 
     def extra_repr(self) -> str:

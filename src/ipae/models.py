@@ -18,7 +18,7 @@ from ipae.layers import ACTIVATIONS, Dense
 from ipae.mixture import CHUNK_SIZE
 from ipae.mixture import METHODS as MIXTURE_METHODS
 
-__all__ = ["ModelConfig", "PRESETS", "AutoEncoder", "LossTerms", "RATES", "DISTORTIONS"]
+__all__ = ["ModelConfig", "PRESETS", "AutoEncoder", "LossTerms", "Noise", "RATES", "DISTORTIONS"]
 
 # logvar = LOGVAR_LIMIT * tanh(raw / LOGVAR_LIMIT): the identity near 0 (so a fresh encoder starts at
 # sigma ~ 1 as usual) but bounded to [-15, 15], i.e. sigma^2 in [3e-7, 3.3e6]. Inside that range 1/sigma^2,
@@ -35,24 +35,24 @@ class LossTerms(NamedTuple):
     rate: Tensor
 
 
-# A rate term maps (mu (B, D), logvar (B, D), eps (K, B, D), generator, n_pairs) to the batch's bound
-# on I(x; z) in nats, a scalar.
-RateTerm = Callable[[Tensor, Tensor, Tensor, torch.Generator, "int | None"], Tensor]
+# A rate term maps (mu (B, D), logvar (B, D), eps (K, B, D), partners (B, N_j) or None, generator) to the
+# batch's bound on I(x; z) in nats, a scalar. Only "mc" draws from the generator; the partners of "ip"
+# are drawn beforehand (`AutoEncoder.draw_noise`), so that the other terms are deterministic functions.
+RateTerm = Callable[[Tensor, Tensor, Tensor, "Tensor | None", torch.Generator], Tensor]
 
 
-def _prior_kl_rate(mu: Tensor, logvar: Tensor, eps: Tensor, generator: torch.Generator, n_pairs: int | None) -> Tensor:
+def _prior_kl_rate(mu: Tensor, logvar: Tensor, eps: Tensor, partners: Tensor | None, generator: torch.Generator) -> Tensor:
     return gaussian_kl(mu, logvar).mean()
 
 
-def _information_potential_rate(mu: Tensor, logvar: Tensor, eps: Tensor, generator: torch.Generator, n_pairs: int | None) -> Tensor:
-    partners = None if n_pairs is None else draw_partners(mu.shape[0], n_pairs, generator)
+def _information_potential_rate(mu: Tensor, logvar: Tensor, eps: Tensor, partners: Tensor | None, generator: torch.Generator) -> Tensor:
     return information_potential(mu, logvar, eps, partners).mean()
 
 
 def _mixture_rate(method: str) -> RateTerm:
     estimate = MIXTURE_METHODS[method]
 
-    def rate(mu: Tensor, logvar: Tensor, eps: Tensor, generator: torch.Generator, n_pairs: int | None) -> Tensor:
+    def rate(mu: Tensor, logvar: Tensor, eps: Tensor, partners: Tensor | None, generator: torch.Generator) -> Tensor:
         return estimate(mu, logvar, generator, eps.shape[0], CHUNK_SIZE)  # all pairs of the batch; "mc": K draws
 
     return rate
@@ -65,6 +65,14 @@ def _mixture_rate(method: str) -> RateTerm:
 RATES: dict[str, RateTerm] = {"vae": _prior_kl_rate, "ip": _information_potential_rate} | {
     method: _mixture_rate(method) for method in MIXTURE_METHODS
 }
+
+
+class Noise(NamedTuple):
+    """The random draws of one training step: eps (K, R * B, D) for the global batch of R processes,
+    and the partners (R * B, N_j) of the "ip" rate (None for all pairs, or for another rate)."""
+
+    eps: Tensor
+    partners: Tensor | None
 
 
 class Distortion(NamedTuple):
@@ -177,6 +185,30 @@ class AutoEncoder(nn.Module):
         """(B, n_latent) -> reconstruction (B, n_inputs) in data space (probabilities for "bernoulli")."""
         return DISTORTIONS[self.config.distortion].mean(self.decoder(z).to(z.dtype))
 
+    def draw_noise(self, batch_size: int, *, generator: torch.Generator, n_pairs: int | None = 1, n_samples: int = 1) -> Noise:
+        """The noise (K = `n_samples` draws, in the parameters' dtype) and partners (N_j = `n_pairs`) of a
+        batch of `batch_size` per process, drawn from `generator`, in this order, on its device."""
+        global_batch, dtype = world_size() * batch_size, next(self.parameters()).dtype
+        eps = torch.randn((n_samples, global_batch, self.config.n_latent), generator=generator, device=generator.device, dtype=dtype)
+        wants_partners = self.config.rate == "ip" and n_pairs is not None
+        return Noise(eps, draw_partners(global_batch, n_pairs, generator) if wants_partners else None)
+
+    def objective(self, x: Tensor, noise: Noise, generator: torch.Generator) -> LossTerms:
+        """The objective on a batch x (B, n_inputs) with the given noise; see `loss`.
+
+        Deterministic given `noise` (the "mc" rate alone draws from `generator`), which is what lets
+        `ipae.train` hand it to torch.compile.
+        """
+        mu, logvar = self.encode(x)  # (B, D) each
+        batch, index = mu.shape[0], rank()
+        eps = noise.eps[:, index * batch : (index + 1) * batch]  # (K, B, D): this process's share
+        z = mu + (0.5 * logvar).exp() * eps  # (K, B, D)
+        output = self.decoder(z.flatten(0, 1)).to(x.dtype)  # (K * B, n_inputs), float32 also under autocast
+        with torch.autocast(x.device.type, enabled=False):  # the rate and the reductions stay in full precision
+            distortion = DISTORTIONS[self.config.distortion].per_sample(output, x.repeat(noise.eps.shape[0], 1)).mean()
+            rate = RATES[self.config.rate](gather_batch(mu), gather_batch(logvar), noise.eps, noise.partners, generator)
+        return LossTerms(distortion + self.config.beta * rate, distortion, rate)
+
     def loss(self, x: Tensor, *, generator: torch.Generator, n_pairs: int | None = 1, n_samples: int = 1) -> LossTerms:
         """Objective on a batch x (B, n_inputs) with K = `n_samples` noise draws per sample.
 
@@ -186,16 +218,7 @@ class AutoEncoder(nn.Module):
         global batch of R * B, the generator is in the same state on every process, and the noise is
         drawn for the global batch: the rate is that of the global batch, the distortion this share's.
         """
-        mu, logvar = self.encode(x)  # (B, D) each
-        processes, index = world_size(), rank()
-        batch = mu.shape[0]
-        global_eps = torch.randn((n_samples, processes * batch, mu.shape[1]), generator=generator, device=mu.device, dtype=mu.dtype)
-        eps = global_eps[:, index * batch : (index + 1) * batch]  # (K, B, D)
-        z = mu + (0.5 * logvar).exp() * eps  # (K, B, D)
-        output = self.decoder(z.flatten(0, 1)).to(x.dtype)  # (K * B, n_inputs), float32 also under autocast
-        with torch.autocast(x.device.type, enabled=False):  # the rate and the reductions stay in full precision
-            distortion = DISTORTIONS[self.config.distortion].per_sample(output, x.repeat(n_samples, 1)).mean()
-            rate = RATES[self.config.rate](gather_batch(mu), gather_batch(logvar), global_eps, generator, n_pairs)
-        return LossTerms(distortion + self.config.beta * rate, distortion, rate)
+        noise = self.draw_noise(x.shape[0], generator=generator, n_pairs=n_pairs, n_samples=n_samples)
+        return self.objective(x, noise, generator)
 
     forward = loss  # so that DistributedDataParallel, which hooks forward(), can wrap the model

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ipae.distributed import average_over_processes, is_main_process, rank, world_size
 from ipae.models import AutoEncoder
 
-__all__ = ["train", "TrainResult", "TrainState", "TrainingDiverged", "check_data", "resolve_device", "PRECISIONS"]
+__all__ = ["train", "TrainResult", "TrainState", "TrainingDiverged", "CompileFailed", "check_data", "resolve_device", "PRECISIONS"]
 
 # "fp32": everything in float32. "bf16": the layers' matmuls and activations in bfloat16 (autocast),
 # the parameters, the optimiser, the rate term and the loss reduction in float32.
@@ -57,6 +57,10 @@ class TrainingDiverged(RuntimeError):
         super().__init__(f"training diverged: the loss became non-finite at step {step}")
         self.step = step
         self.result = result
+
+
+class CompileFailed(RuntimeError):
+    """torch.compile could not compile the objective here (on the CPU it needs a working C++ compiler)."""
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -127,6 +131,7 @@ def train(
     on_log: Callable[[dict], None] | None = None,
     resume: TrainState | None = None,
     stop_at: int | None = None,
+    compile: bool = False,
 ) -> TrainResult:
     """Train `model` in place on `data` (N, n_inputs) with Adam; returns the per-step history.
 
@@ -136,6 +141,10 @@ def train(
     Under torch.distributed (torchrun; see ipae.distributed) `batch_size` is each process's share: R
     processes train on a global batch of R * batch_size as one process would, and log its losses.
     `precision`: a key of PRECISIONS; "bf16" trades precision in the layers for speed.
+    `compile`: run the model's objective through torch.compile (one process only). It costs seconds
+    of compiling when training starts (less once inductor's on-disk cache holds the graph), needs
+    a C++ compiler on the CPU, and pays mostly with bf16 (docs/performance.md); results differ from
+    the eager ones by rounding.
     `progress`: a progress bar (None: only on a terminal). Every `log_every` steps the loop checks the
     loss once (one host sync), raises `TrainingDiverged` at the first non-finite step, and passes
     `on_log` the means of loss, distortion and rate over those steps.
@@ -153,6 +162,8 @@ def train(
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     processes, index = world_size(), rank()
+    if compile and processes > 1:
+        raise ValueError("compile=True is not supported under torch.distributed; train without it")
     local_batch = min(batch_size, data.shape[0] // processes)  # this process's share of the global batch
     if local_batch < 1:
         raise ValueError(f"{data.shape[0]} samples cannot be shared among {processes} processes")
@@ -174,6 +185,7 @@ def train(
     indices = _batch_indices(data.shape[0], batch_size, steps, torch.Generator().manual_seed(seed))
     indices = indices[:, index * local_batch : (index + 1) * local_batch].contiguous().to(device)  # (steps, local batch)
     step_model = model if processes == 1 else DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    objective = torch.compile(model.objective, dynamic=False) if compile else model.objective
     generator = torch.Generator(device).manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True)  # one kernel for all parameters
     history = torch.empty(end, 3, device=device)  # (steps, [loss, distortion, rate]), read every log_every
@@ -189,8 +201,17 @@ def train(
     start = time.perf_counter()
     with tqdm(initial=first_step, total=end, disable=not show, desc="train", unit="step", leave=False) as bar:
         for step in range(first_step, end):
+            batch = data.index_select(0, indices[step])
             with autocast:
-                terms = step_model(data[indices[step]], generator=generator, n_pairs=n_pairs, n_samples=n_samples)
+                if processes > 1:  # through DistributedDataParallel, which hooks forward() (= loss)
+                    terms = step_model(batch, generator=generator, n_pairs=n_pairs, n_samples=n_samples)
+                else:
+                    noise = model.draw_noise(local_batch, generator=generator, n_pairs=n_pairs, n_samples=n_samples)
+                    try:
+                        terms = objective(batch, noise, generator)
+                    except torch._dynamo.exc.BackendCompilerFailed as error:
+                        reason = str(error).strip().splitlines()[0]
+                        raise CompileFailed(f"torch.compile failed ({reason}); train without compiling") from error
             optimizer.zero_grad(set_to_none=True)
             terms.loss.backward()
             optimizer.step()

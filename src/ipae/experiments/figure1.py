@@ -23,10 +23,10 @@ IPAE_BETAS = (0.001, 0.003, 0.01, 0.03, 0.1)
 COLUMNS = ("model", "beta", "steps", "seed", "precision", "status", "E", "E_sampled", "E_identity", "train_seconds")
 
 
-def figure1_runs(*, steps: int = 5000, seed: int = 0, precision: str = "fp32") -> list[ToyRun]:
+def figure1_runs(*, steps: int = 5000, seed: int = 0, precision: str = "fp32", compile: bool = False) -> list[ToyRun]:
     """The grid: the VAE at VAE_BETAS, IPAE (N_j = 1) at IPAE_BETAS, the paper's training settings."""
-    return [ToyRun(model="vae", beta=beta, steps=steps, seed=seed, precision=precision) for beta in VAE_BETAS] + [
-        ToyRun(model="ipae", beta=beta, n_pairs=1, steps=steps, seed=seed, precision=precision) for beta in IPAE_BETAS
+    return [ToyRun(model="vae", beta=beta, steps=steps, seed=seed, precision=precision, compile=compile) for beta in VAE_BETAS] + [
+        ToyRun(model="ipae", beta=beta, n_pairs=1, steps=steps, seed=seed, precision=precision, compile=compile) for beta in IPAE_BETAS
     ]
 
 
@@ -44,6 +44,7 @@ def reproduce_figure1(
     steps: int = 5000,
     seed: int = 0,
     precision: str = "fp32",
+    compile: bool = False,
     jobs: int = 1,
     device: torch.device | str | None = None,
     progress: bool | None = None,
@@ -51,7 +52,7 @@ def reproduce_figure1(
     """Run the grid into the existing directory `out` and write there:
     runs/<model>-beta<beta>/ (each run's metrics, panel and model), figure1.{md,csv,json} (the table)
     and figure1.png (the grid of panels). Returns the table's rows."""
-    runs = figure1_runs(steps=steps, seed=seed, precision=precision)
+    runs = figure1_runs(steps=steps, seed=seed, precision=precision, compile=compile)
     (out / "runs").mkdir()
     outcomes = map_runs(partial(_run_into, out / "runs", device), runs, jobs=jobs, progress=progress, desc="figure 1")
     rows = [{**outcome.metrics["config"], **outcome.metrics} for outcome in outcomes]

@@ -35,6 +35,7 @@ class MnistRun:
     lr: float = 1e-3
     seed: int = 0  # every repeat draws new weights and a new training subset from this
     precision: str = "fp32"  # a key of ipae.train.PRECISIONS
+    compile: bool = False  # torch.compile the objective (see ipae.train)
     rate: str | None = None  # a key of ipae.models.RATES; None: the model's own
 
     def __post_init__(self) -> None:
@@ -65,6 +66,7 @@ def run_repeat(run: MnistRun, data_dir: Path | None, out: Path, repeat: int, *, 
                 n_pairs=run.n_pairs,
                 seed=train_seed,
                 precision=run.precision,
+                compile=run.compile,
                 progress=False,
                 on_log=log,
             )

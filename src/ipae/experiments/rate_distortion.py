@@ -33,10 +33,19 @@ MC_SAMPLES = 16  # draws per data point for the Monte Carlo estimate
 COLUMNS = ("rate", "beta", "status", "E", "distortion", "I_bhattacharyya", "I_mc", "I_pairwise-kl", "I_jensen", "train_seconds")
 
 
-def rate_distortion_runs(*, steps: int = 5000, seed: int = 0, precision: str = "fp32") -> list[ToyRun]:
+def rate_distortion_runs(*, steps: int = 5000, seed: int = 0, precision: str = "fp32", compile: bool = False) -> list[ToyRun]:
     """Every (rate term, beta) of GRID, all pairs of the batch for the pairwise terms."""
     return [
-        ToyRun(model=model, rate=rate, beta=beta, n_pairs=1 if rate == "ip" else None, steps=steps, seed=seed, precision=precision)
+        ToyRun(
+            model=model,
+            rate=rate,
+            beta=beta,
+            n_pairs=1 if rate == "ip" else None,
+            steps=steps,
+            seed=seed,
+            precision=precision,
+            compile=compile,
+        )
         for rate, (model, betas) in GRID.items()
         for beta in betas
     ]
@@ -79,12 +88,13 @@ def reproduce_rate_distortion(
     steps: int = 5000,
     seed: int = 0,
     precision: str = "fp32",
+    compile: bool = False,
     jobs: int = 1,
     device: torch.device | str | None = None,
     progress: bool | None = None,
 ) -> list[dict]:
     """Train every run of the grid into `out`/runs and write rate_distortion.{md,csv,json,png}."""
-    runs = rate_distortion_runs(steps=steps, seed=seed, precision=precision)
+    runs = rate_distortion_runs(steps=steps, seed=seed, precision=precision, compile=compile)
     (out / "runs").mkdir()
     rows = map_runs(partial(_run_into, out / "runs", device), runs, jobs=jobs, progress=progress, desc="rate-distortion")
     write_table(out, "rate_distortion", rows, COLUMNS, note=summary(rows))

@@ -35,6 +35,7 @@ class ToyRun:
     lr: float = 1e-3  # section 4.1, Adam
     seed: int = 0  # data, initial weights, batches and noise
     precision: str = "fp32"  # a key of ipae.train.PRECISIONS; "bf16" is faster, fp32 is the reference
+    compile: bool = False  # torch.compile the objective (see ipae.train)
     rate: str | None = None  # a key of ipae.models.RATES; None: the model's own (MODELS)
 
     def __post_init__(self) -> None:
@@ -84,6 +85,7 @@ def run_toy(run: ToyRun, out: Path, *, device: str | torch.device | None = None,
                 n_pairs=run.n_pairs,
                 seed=train_seed,
                 precision=run.precision,
+                compile=run.compile,
                 progress=progress,
                 on_log=log,
             )
