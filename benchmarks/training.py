@@ -214,8 +214,9 @@ def time_call(function: Callable[[], object], repeats: int) -> float:
     return statistics.median(values)
 
 
-def rate_table(step_ms: float, repeats: int) -> list[dict]:
-    """Forward + backward of each rate term alone on an MNIST-sized batch (B = 512, D = 8)."""
+def rate_table(step_ms: dict[str, float], repeats: int) -> list[dict]:
+    """Forward + backward of each rate term alone on an MNIST-sized batch (B = 512, D = 8), and as a
+    percentage of each MNIST step in `step_ms` (loop name -> ms)."""
     generator = torch.Generator().manual_seed(0)
     mu = torch.randn(512, 8, generator=generator, requires_grad=True)
     logvar = (0.1 * torch.randn(512, 8, generator=generator)).requires_grad_()
@@ -229,7 +230,9 @@ def rate_table(step_ms: float, repeats: int) -> list[dict]:
     rows = []
     for name, term in terms.items():
         ms = time_call(lambda term=term: term().mean().backward(), repeats * 20)
-        rows.append({"rate term": name, "ms (fwd + bwd)": ms, "% of an ipae fp32 MNIST step": 100 * ms / step_ms})
+        rows.append(
+            {"rate term": name, "ms (fwd + bwd)": ms} | {f"% of an {loop} MNIST step": 100 * ms / step for loop, step in step_ms.items()}
+        )
     return rows
 
 
@@ -318,7 +321,7 @@ def main() -> None:
         "fresh process` runs it in a new interpreter. They differ because ipae's training raises glibc's mmap/trim thresholds "
         "(`ipae.train.keep_freed_memory`), which is process-wide and so speeds up the in-process baseline too once ipae has run.\n\n"
     )
-    steps, mnist_steps = args.steps, max(args.steps // 2, 10)
+    steps = args.steps
     toy_times = interleaved(
         {
             "plain eager fp32, fresh process": lambda: plain_in_fresh_process("toy", steps=steps),
@@ -334,13 +337,13 @@ def main() -> None:
     report(title, step_table(toy_times, "plain eager fp32, fresh process"), baseline_note)
     mnist_times = interleaved(
         {
-            "plain eager fp32, fresh process": lambda: plain_in_fresh_process("mnist", steps=mnist_steps),
-            "plain eager fp32": lambda: plain_eager_loop("mnist", mnist_like, steps=mnist_steps),
-            "plain eager bf16 autocast": lambda: plain_eager_loop("mnist", mnist_like, steps=mnist_steps, bf16=True),
-            "ipae fp32": lambda: ipae_loop("mnist", mnist_like, steps=mnist_steps, precision="fp32"),
-            "ipae bf16": lambda: ipae_loop("mnist", mnist_like, steps=mnist_steps, precision="bf16"),
-            "ipae fp32 + compile": lambda: ipae_loop("mnist", mnist_like, steps=mnist_steps, precision="fp32", compile=True),
-            "ipae bf16 + compile": lambda: ipae_loop("mnist", mnist_like, steps=mnist_steps, precision="bf16", compile=True),
+            "plain eager fp32, fresh process": lambda: plain_in_fresh_process("mnist", steps=steps),
+            "plain eager fp32": lambda: plain_eager_loop("mnist", mnist_like, steps=steps),
+            "plain eager bf16 autocast": lambda: plain_eager_loop("mnist", mnist_like, steps=steps, bf16=True),
+            "ipae fp32": lambda: ipae_loop("mnist", mnist_like, steps=steps, precision="fp32"),
+            "ipae bf16": lambda: ipae_loop("mnist", mnist_like, steps=steps, precision="bf16"),
+            "ipae fp32 + compile": lambda: ipae_loop("mnist", mnist_like, steps=steps, precision="fp32", compile=True),
+            "ipae bf16 + compile": lambda: ipae_loop("mnist", mnist_like, steps=steps, precision="bf16", compile=True),
         },
         args.repeats,
     )
@@ -351,10 +354,11 @@ def main() -> None:
         "Matmul floor: the step's matmuls alone at this machine's matmul rate",
         matmul_floor("toy", args.repeats) + matmul_floor("mnist", args.repeats),
     )
-    report("Rate terms alone (B = 512, D = 8)", rate_table(statistics.median(mnist_times["ipae fp32"]), args.repeats))
+    loops = ("ipae fp32", "ipae bf16 + compile")
+    report("Rate terms alone (B = 512, D = 8)", rate_table({loop: statistics.median(mnist_times[loop]) for loop in loops}, args.repeats))
     report("All-pairs rate at scale (O(B * D) memory)", [all_pairs_at_scale(100_000, 16)])
     report("Encoding throughput (no grad, batches of 4096)", encode_table("toy", toy) + encode_table("mnist", mnist_like))
-    report(f"Independent runs side by side (MNIST model, bf16, {mnist_steps} steps each)", sweep_table("mnist", mnist_steps, "bf16"))
+    report(f"Independent runs side by side (MNIST model, bf16, {steps} steps each)", sweep_table("mnist", steps, "bf16"))
 
     if args.out:
         text = (

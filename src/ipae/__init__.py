@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 from ipae.checkpoint import load  # noqa: E402
 from ipae.information import conditional_entropy, draw_partners, gaussian_kl, information_potential  # noqa: E402
 from ipae.models import PRESETS, AutoEncoder, ModelConfig  # noqa: E402
-from ipae.train import TrainingDiverged, TrainResult, TrainState, train  # noqa: E402
+from ipae.train import CompileFailed, TrainingDiverged, TrainResult, TrainState, train  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -20,6 +20,7 @@ __all__ = [
     "BetaVAE",
     "load_estimator",
     "TrainingDiverged",
+    "CompileFailed",
     "gaussian_kl",
     "conditional_entropy",
     "information_potential",
