@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from ipae.data.mnist import PAPER_DIGITS, PAPER_N_TRAIN, load_mnist
 from ipae.evaluation import linear_svm_error, principal_components, within_class_fraction
 from ipae.experiments.parallel import map_runs
-from ipae.experiments.toy import MODELS, child_seeds
+from ipae.experiments.toy import MODELS, child_seeds, training_options
 from ipae.models import AutoEncoder
 from ipae.results import json_lines, save_png, write_atomic, write_json
 from ipae.train import TrainingDiverged, train
@@ -57,19 +57,7 @@ def run_repeat(run: MnistRun, data_dir: Path | None, out: Path, repeat: int, *, 
     metrics: dict = {"repeat": repeat, "n_train": len(x_train), "n_test": len(data.x_test)}
     try:
         with json_lines(out / f"repeat-{repeat}.jsonl") as log:
-            result = train(
-                model,
-                x_train,
-                steps=run.steps,
-                batch_size=run.batch_size,
-                lr=run.lr,
-                n_pairs=run.n_pairs,
-                seed=train_seed,
-                precision=run.precision,
-                compile=run.compile,
-                progress=False,
-                on_log=log,
-            )
+            result = train(model, x_train, seed=train_seed, progress=False, on_log=log, **training_options(run))
     except TrainingDiverged as diverged:
         metrics |= {"status": "failed", "error": str(diverged), "failed_step": diverged.step, "train_seconds": diverged.result.seconds}
         write_json(record, metrics)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -16,6 +16,9 @@ from ipae.evaluation import centre_distance
 from ipae.models import AutoEncoder
 from ipae.results import json_lines, save_png, write_json
 from ipae.train import TrainingDiverged, resolve_device, train
+
+if TYPE_CHECKING:
+    from ipae.experiments.mnist import MnistRun  # which imports this module
 
 __all__ = ["MODELS", "ToyRun", "ToyOutcome", "run_toy", "draw_reconstruction", "child_seeds"]
 
@@ -41,6 +44,12 @@ class ToyRun:
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
+
+
+def training_options(run: ToyRun | MnistRun) -> dict:
+    """The `ipae.train` options that a run's settings name (a ToyRun or an MnistRun: they share them)."""
+    names = ("steps", "batch_size", "lr", "n_pairs", "precision", "compile")
+    return {name: getattr(run, name) for name in names}
 
 
 class ToyOutcome(NamedTuple):
@@ -76,19 +85,7 @@ def run_toy(run: ToyRun, out: Path, *, device: str | torch.device | None = None,
     }
     try:
         with json_lines(out / "metrics.jsonl") as log:
-            result = train(
-                model,
-                data.x,
-                steps=run.steps,
-                batch_size=run.batch_size,
-                lr=run.lr,
-                n_pairs=run.n_pairs,
-                seed=train_seed,
-                precision=run.precision,
-                compile=run.compile,
-                progress=progress,
-                on_log=log,
-            )
+            result = train(model, data.x, seed=train_seed, progress=progress, on_log=log, **training_options(run))
     except TrainingDiverged as diverged:
         metrics |= {"status": "failed", "error": str(diverged), "failed_step": diverged.step, "train_seconds": diverged.result.seconds}
         write_json(out / "metrics.json", metrics)
