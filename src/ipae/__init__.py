@@ -1,26 +1,36 @@
 """Information Potential Auto-Encoders: autoencoders regularised by a bound on I(x; z)."""
 
-__version__ = "0.1.0"
-
-from ipae.checkpoint import load  # noqa: E402
-from ipae.information import conditional_entropy, draw_partners, gaussian_kl, information_potential  # noqa: E402
-from ipae.models import PRESETS, AutoEncoder, ModelConfig  # noqa: E402
-from ipae.train import CompileFailed, TrainingDiverged, TrainResult, TrainState, train  # noqa: E402
+from ipae._version import __version__
+from ipae.checkpoint import save
+from ipae.information import conditional_entropy, draw_partners, gaussian_kl, information_potential, reparameterise
+from ipae.models import PRESETS, AutoEncoder
+from ipae.persistence import load
+from ipae.rates import Bhattacharyya, InformationPotential, Jensen, MonteCarlo, PairwiseKL, PriorKL, Rate
+from ipae.train import CompileFailed, TrainConfig, TrainingDiverged, TrainResult, TrainState, train
 
 __all__ = [
     "__version__",
     "AutoEncoder",
-    "ModelConfig",
     "PRESETS",
+    "Rate",
+    "InformationPotential",
+    "PriorKL",
+    "PairwiseKL",
+    "Bhattacharyya",
+    "Jensen",
+    "MonteCarlo",
     "train",
+    "TrainConfig",
     "TrainResult",
     "TrainState",
+    "save",
     "load",
     "IPAE",
     "BetaVAE",
     "load_estimator",
     "TrainingDiverged",
     "CompileFailed",
+    "reparameterise",
     "gaussian_kl",
     "conditional_entropy",
     "information_potential",

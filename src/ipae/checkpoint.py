@@ -1,7 +1,8 @@
 """Checkpoints: a model directory that loading can never execute.
 
 A model directory holds
-- `model.json`: the format, the library version, the architecture (`ModelConfig`) and free metadata;
+- `model.json`: the format, the library version, the model (architecture, rate and its options,
+  distortion, beta, log-variance bound) and free metadata;
 - `model.safetensors`: the weights (safetensors holds tensors only, no pickled code);
 and, for a run that can be continued, `training.json` and `training.safetensors`: the step, the
 training settings, the optimiser's state, the noise generator's state and the history so far.
@@ -11,19 +12,48 @@ Every file is written atomically (temporary file, then rename).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
 
-from ipae import __version__
-from ipae.models import AutoEncoder, ModelConfig
+from ipae._version import __version__
+from ipae.models import AutoEncoder
+from ipae.networks import architecture_from_dict
+from ipae.rates import create, spec
 from ipae.results import write_atomic, write_json
-from ipae.train import TrainState
 
-__all__ = ["FORMAT", "load", "save_model", "load_model", "read_metadata", "save_state", "load_state", "has_state"]
+__all__ = ["FORMAT", "TrainState", "save", "save_model", "load_model", "read_metadata", "save_state", "load_state", "has_state"]
 
-FORMAT = {"name": "ipae-model", "version": 1}
+# Version 2: any encoder and decoder, the rate with its options. Version 1 (the paper's MLPs only,
+# weights named body/heads) is not read.
+FORMAT = {"name": "ipae-model", "version": 2}
+
+
+@dataclass
+class TrainState:
+    """Where a run stands after `step` steps: all that `train(..., resume=state)` needs to go on
+    exactly as if it had not stopped (the weights are the model's own)."""
+
+    step: int
+    settings: dict  # the settings the steps so far were trained with; a continuation must share them
+    optimizer: dict  # the optimiser's state_dict
+    generator: Tensor  # (bytes,) uint8: the state of the generator of noise and partners
+    history: Tensor  # (step, 3) float32: loss, distortion and rate of every step so far
+
+
+def model_record(model: AutoEncoder) -> dict:
+    """What model.json says of a model: enough to build it again (with the networks, for your own)."""
+    architecture = None if model.architecture is None else model.architecture.to_dict()
+    return {
+        "architecture": architecture,
+        "rate": spec(model.rate),
+        "distortion": model.distortion,
+        "beta": model.beta,
+        "logvar_limit": model.logvar_limit,
+    }
 
 
 def save_model(model: AutoEncoder, directory: str | Path, *, metadata: dict | None = None, state: TrainState | None = None) -> None:
@@ -33,7 +63,7 @@ def save_model(model: AutoEncoder, directory: str | Path, *, metadata: dict | No
     directory.mkdir(parents=True, exist_ok=True)
     weights = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     write_atomic(directory / "model.safetensors", lambda tmp: save_file(weights, str(tmp)))
-    record = {"format": FORMAT, "ipae_version": __version__, "config": model.config.to_dict(), "metadata": metadata or {}}
+    record = {"format": FORMAT, "ipae_version": __version__, "model": model_record(model), "metadata": metadata or {}}
     write_json(directory / "model.json", record)
     if state is not None:
         save_state(state, directory)
@@ -49,8 +79,10 @@ def _read_record(directory: Path) -> dict:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(record, dict) or record.get("format", {}).get("name") != FORMAT["name"]:
         raise ValueError(f"{path}: not an ipae model file")
-    if record["format"].get("version") != FORMAT["version"]:
-        raise ValueError(f"{path}: model format version {record['format'].get('version')} is not {FORMAT['version']}; upgrade ipae")
+    version = record["format"].get("version")
+    if version != FORMAT["version"]:
+        advice = "written by an older ipae; train it again" if isinstance(version, int) and version < FORMAT["version"] else "upgrade ipae"
+        raise ValueError(f"{path}: model format version {version} is not {FORMAT['version']} ({advice})")
     return record
 
 
@@ -59,16 +91,39 @@ def read_metadata(directory: str | Path) -> dict:
     return _read_record(Path(directory)).get("metadata", {})
 
 
-def load_model(directory: str | Path) -> AutoEncoder:
+save = save_model
+
+
+def load_model(directory: str | Path, *, encoder: nn.Module | None = None, decoder: nn.Module | None = None) -> AutoEncoder:
     """The model saved in `directory`, in eval mode on the CPU; a missing or damaged file, or weights
-    that do not fit the architecture in model.json, is a clear error naming the file."""
+    that do not fit the architecture in model.json, is a clear error naming the file.
+
+    A model of your own networks is loaded into the `encoder` and `decoder` you pass (built as when it
+    was saved); one built from a preset or an architecture builds its own. Nothing is unpickled.
+    """
     directory = Path(directory)
     record = _read_record(directory)
+    path = directory / "model.json"
     try:
-        config = ModelConfig(**record["config"])
+        fields = record["model"]
+        rate = create(**fields["rate"])
+        options = {"rate": rate, "distortion": fields["distortion"], "beta": fields["beta"], "logvar_limit": fields["logvar_limit"]}
+        architecture = None if fields["architecture"] is None else architecture_from_dict(fields["architecture"])
     except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{directory / 'model.json'}: not a valid model config ({error})") from None
-    model = AutoEncoder(config)
+        raise ValueError(f"{path}: not a valid model description ({error})") from None
+    if architecture is None and (encoder is None or decoder is None):
+        raise ValueError(f"{directory}: the model has networks of its own; load it with encoder= and decoder= modules built as when it was saved")
+    if architecture is not None and (encoder is not None or decoder is not None):
+        raise ValueError(f"{directory}: the model's networks are built from its {fields['architecture']['kind']} architecture; pass no encoder or decoder")
+    try:
+        model = AutoEncoder(encoder, decoder, **options) if architecture is None else AutoEncoder.from_architecture(architecture, **options)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{path}: not a valid model description ({error})") from None
+    _load_weights(model, directory)
+    return model.eval()
+
+
+def _load_weights(model: AutoEncoder, directory: Path) -> None:
     weights = _load_tensors(directory / "model.safetensors")
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     found = {name: tuple(tensor.shape) for name, tensor in weights.items()}
@@ -78,18 +133,18 @@ def load_model(directory: str | Path) -> AutoEncoder:
             f"{directory / 'model.safetensors'}: the weights do not fit the architecture in model.json "
             f"(first difference: {differences[0][0]} {differences[0][1]})"
         )
-    model.load_state_dict(weights)
-    return model.eval()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            tensor.copy_(weights[name])
 
 
-def load(directory: str | Path):
-    """What was saved in `directory`: the fitted estimator (`IPAE`, `BetaVAE`) written by its `save`,
-    else the `AutoEncoder` written by `save_model` or `model.save`."""
-    if "estimator" in read_metadata(directory):
-        from ipae.estimators import load_estimator  # the estimators build on this module
-
-        return load_estimator(directory)
-    return load_model(directory)
+def load_model_weights(model: AutoEncoder, directory: str | Path) -> None:
+    """Load the weights saved in `directory` into `model`, which must be the same model (to continue a run)."""
+    directory = Path(directory)
+    saved = _read_record(directory)["model"]
+    if saved != model_record(model):
+        raise ValueError(f"{directory}: holds another model ({saved}) than the one to continue ({model_record(model)})")
+    _load_weights(model, directory)
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:

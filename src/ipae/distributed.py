@@ -44,7 +44,7 @@ def is_main_process() -> bool:
 
 
 def gather_batch(local: Tensor) -> Tensor:
-    """Every process's (B, ...) share of the batch, in rank order, as one (R * B, ...) tensor.
+    """Every process's (..., B, D) share of the batch's codes, in rank order, as one (..., R * B, D) tensor.
 
     Differentiable: a gradient on any part flows back to the process that computed it.
     """
@@ -52,7 +52,7 @@ def gather_batch(local: Tensor) -> Tensor:
         return local
     with warnings.catch_warnings():  # deprecated in favour of a private module; still the public, differentiable gather
         warnings.simplefilter("ignore", FutureWarning)
-        return torch.cat(all_gather(local.contiguous()), dim=0)
+        return torch.cat(all_gather(local.contiguous()), dim=-2)
 
 
 def average_over_processes(values: Tensor) -> Tensor:

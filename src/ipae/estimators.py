@@ -19,10 +19,12 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from ipae.checkpoint import load_model, read_metadata, save_model
+from ipae.checkpoint import has_state, load_model, model_record, read_metadata, save_model
+from ipae.fitting import ModelSpec, fit
 from ipae.layers import ACTIVATIONS
-from ipae.models import DISTORTIONS, AutoEncoder, ModelConfig
-from ipae.train import PRECISIONS, TrainingDiverged, TrainResult, resolve_device, train
+from ipae.models import DISTORTIONS
+from ipae.rates import create, spec
+from ipae.train import PRECISIONS, TrainConfig, TrainingDiverged, TrainResult, resolve_device
 
 __all__ = ["IPAE", "BetaVAE", "load_estimator", "FitDiverged"]
 
@@ -40,9 +42,9 @@ class FitDiverged(TrainingDiverged):
 
 
 class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
-    """What IPAE and BetaVAE share; a subclass names its rate term and the partners it uses."""
+    """What IPAE and BetaVAE share; a subclass names its rate term and that rate's options."""
 
-    _rate: str  # a key of ipae.models.RATES
+    _rate: str  # a key of ipae.rates.RATES
 
     _parameter_constraints: dict = {
         "n_components": [Interval(Integral, 1, None, closed="left")],
@@ -58,6 +60,8 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         "device": [str, torch.device, None],
         "random_state": ["random_state"],
         "progress": ["boolean"],
+        "checkpoint_dir": [str, Path, None],
+        "checkpoint_every": [Interval(Integral, 1, None, closed="left"), None],
     }
 
     def __init__(
@@ -76,6 +80,8 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         device: str | torch.device | None,
         random_state: int | np.random.RandomState | None,
         progress: bool,
+        checkpoint_dir: str | Path | None,
+        checkpoint_every: int | None,
     ) -> None:
         self.n_components = n_components
         self.beta = beta
@@ -90,10 +96,12 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         self.device = device
         self.random_state = random_state
         self.progress = progress
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
 
-    def _n_pairs(self) -> int | None:
-        """The partners per sample passed to the rate term (only the "ip" rate reads it)."""
-        return None
+    def _rate_options(self) -> dict:
+        """The options of the rate term, from the estimator's parameters."""
+        return {}
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -102,7 +110,7 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
 
     @property
     def _n_features_out(self) -> int:  # for get_feature_names_out; AttributeError until fitted
-        return self.model_.config.n_latent
+        return self.model_.architecture.n_latent
 
     # fitting
 
@@ -122,30 +130,21 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
             raise ValueError(f"The 'hidden' parameter of {type(self).__name__} must be a non-empty sequence of ints >= 1. Got {hidden!r}.")
         X = self._check_X(X, reset=True)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        config = ModelConfig(
-            n_inputs=X.shape[1],
-            hidden=tuple(int(h) for h in hidden),
-            n_latent=int(self.n_components),
-            activation=self.activation,
-            distortion=self.distortion,
-            rate=self._rate,
-            beta=float(self.beta),
+        config = TrainConfig(
+            steps=int(self.steps),
+            batch_size=int(self.batch_size),
+            lr=float(self.lr),
+            seed=seed,
+            precision=self.precision,
+            compile=bool(self.compile),
+            device=str(resolve_device(self.device)),
+            progress=bool(self.progress),
+            checkpoint_every=None if self.checkpoint_every is None else int(self.checkpoint_every),
         )
-        model = AutoEncoder(config, seed=seed).to(resolve_device(self.device))
         data = torch.from_numpy(X if X.flags.writeable else X.copy())  # torch warns on read-only arrays
         try:
-            result = train(
-                model,
-                data,
-                steps=int(self.steps),
-                batch_size=int(self.batch_size),
-                lr=float(self.lr),
-                n_pairs=self._n_pairs(),
-                seed=seed,
-                precision=self.precision,
-                compile=self.compile,
-                progress=self.progress,
-            )
+            resume = self.checkpoint_dir if self.checkpoint_dir is not None and has_state(self.checkpoint_dir) else None  # a killed fit goes on
+            model, result = fit(data, self._spec(), config, seed=seed, resume=resume, checkpoint_dir=self.checkpoint_dir)
         except TrainingDiverged as error:
             raise FitDiverged(type(self).__name__, error) from error
         self.model_ = model.eval()
@@ -153,6 +152,11 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         self.history_ = replace(result, state=None)  # per-step loss, distortion and rate; no optimiser state
         self.loss_curve_ = result.loss
         return self
+
+    def _spec(self) -> ModelSpec:
+        hidden = tuple(int(h) for h in self.hidden)
+        options = {"n_components": int(self.n_components), "hidden": hidden, "activation": self.activation, "distortion": self.distortion}
+        return ModelSpec(**options, rate=self._rate, rate_options=self._rate_options(), beta=float(self.beta))
 
     def _forget_fit(self) -> None:
         for name in [name for name in vars(self) if name.endswith("_") and not name.startswith("__")]:
@@ -177,8 +181,8 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         """Decoded means of codes X: (N, n_components) -> float64 (N, n_features), in data space."""
         check_is_fitted(self)
         Z = check_array(X, dtype=np.float32, order="C", input_name="X")
-        if Z.shape[1] != self.model_.config.n_latent:
-            raise ValueError(f"X has {Z.shape[1]} features, but inverse_transform expects {self.model_.config.n_latent} (n_components)")
+        if Z.shape[1] != self.n_components:
+            raise ValueError(f"X has {Z.shape[1]} features, but inverse_transform expects {self.n_components} (n_components)")
         return self._map(self.model_.decode, Z)
 
     @torch.no_grad()
@@ -204,7 +208,7 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         total = 0.0
         for i in range(0, len(X), batch_size):
             x = torch.tensor(X[i : i + batch_size], device=device)  # (B, n_features)
-            total += float(model.loss(x, generator=generator, n_pairs=self._n_pairs()).loss) * len(x)
+            total += float(model.loss(x, generator=generator).loss) * len(x)
         return -total / len(X)
 
     # persistence
@@ -239,19 +243,21 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
 class IPAE(_AutoEncoderTransformer):
     """Information Potential Auto-Encoder: rate = the information potential bound on I(x; z), eq. 10.
 
-    `n_pairs` is the paper's N_j, the partners drawn per sample in each batch (None: all pairs).
-    The other parameters are those of `ModelConfig` (`n_components` is `n_latent`) and `train`;
+    `n_partners` is the paper's N_j, the partners drawn per sample in each batch (None: all pairs).
+    The other parameters are those of `ipae.fitting.ModelSpec` and `ipae.train.TrainConfig`;
     `device` None means CUDA when present, else the CPU; `random_state` fixes the initial weights,
     the batches and the noise, so that the same int gives the same result twice on a device.
 
     Fitted attributes: `model_` (the `AutoEncoder`), `n_features_in_`, `seed_`, `history_`
     (a `TrainResult` of per-step loss, distortion and rate) and `loss_curve_` (= `history_.loss`).
+    With `checkpoint_dir` and `checkpoint_every` = N, the fit so far is saved there every N steps, and
+    a fit that was killed continues from it when run again with the same parameters.
     """
 
     _rate = "ip"
     _parameter_constraints: dict = {
         **_AutoEncoderTransformer._parameter_constraints,
-        "n_pairs": [Interval(Integral, 1, None, closed="left"), None],
+        "n_partners": [Interval(Integral, 1, None, closed="left"), None],
     }
 
     def __init__(
@@ -259,7 +265,7 @@ class IPAE(_AutoEncoderTransformer):
         n_components: int = 16,
         *,
         beta: float = 0.01,
-        n_pairs: int | None = 1,
+        n_partners: int | None = 1,
         hidden: tuple[int, ...] = (2048,),
         activation: str = "relu",
         distortion: str = "mse",
@@ -271,6 +277,8 @@ class IPAE(_AutoEncoderTransformer):
         device: str | torch.device | None = None,
         random_state: int | np.random.RandomState | None = None,
         progress: bool = False,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_every: int | None = None,
     ) -> None:
         super().__init__(
             n_components,
@@ -286,16 +294,18 @@ class IPAE(_AutoEncoderTransformer):
             device=device,
             random_state=random_state,
             progress=progress,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
         )
-        self.n_pairs = n_pairs
+        self.n_partners = n_partners
 
-    def _n_pairs(self) -> int | None:
-        return None if self.n_pairs is None else int(self.n_pairs)
+    def _rate_options(self) -> dict:
+        return {"n_partners": None if self.n_partners is None else int(self.n_partners)}
 
 
 class BetaVAE(_AutoEncoderTransformer):
     """beta-VAE, the baseline: rate = KL(q(z|x) || N(0, I)) (eq. 5). Parameters and fitted attributes as `IPAE`'s,
-    without `n_pairs`; beta = 1 is the plain VAE."""
+    without `n_partners`; beta = 1 is the plain VAE."""
 
     _rate = "vae"
 
@@ -315,6 +325,8 @@ class BetaVAE(_AutoEncoderTransformer):
         device: str | torch.device | None = None,
         random_state: int | np.random.RandomState | None = None,
         progress: bool = False,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_every: int | None = None,
     ) -> None:
         super().__init__(
             n_components,
@@ -330,6 +342,8 @@ class BetaVAE(_AutoEncoderTransformer):
             device=device,
             random_state=random_state,
             progress=progress,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
         )
 
 
@@ -372,18 +386,12 @@ def load_estimator(directory: str | Path) -> IPAE | BetaVAE:
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{directory / 'model.json'}: damaged estimator metadata ({type(error).__name__}: {error})") from None
     model = load_model(directory)
-    expected = (
-        n_features_in,
-        estimator.hidden,
-        estimator.n_components,
-        estimator.activation,
-        estimator.distortion,
-        cls._rate,
-        estimator.beta,
-    )
-    config = model.config
-    if (config.n_inputs, config.hidden, config.n_latent, config.activation, config.distortion, config.rate, config.beta) != expected:
-        raise ValueError(f"{directory}: the model's architecture {config} does not match the estimator's parameters {params}")
+    expected = estimator._spec()
+    architecture = expected.architecture((n_features_in,)).to_dict()
+    rate = spec(create(expected.rate, **expected.rate_options))
+    saved = model_record(model)
+    if (saved["architecture"], saved["rate"], saved["distortion"], saved["beta"]) != (architecture, rate, expected.distortion, expected.beta):
+        raise ValueError(f"{directory}: the model {saved} does not match the estimator's parameters {params}")
     estimator.model_ = model.to(estimator._inference_device()).eval()
     estimator.n_features_in_ = n_features_in
     if "feature_names_in_" in record:

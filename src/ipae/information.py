@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "reparameterise",
     "gaussian_kl",
     "conditional_entropy",
     "information_potential",
@@ -32,6 +33,14 @@ def _check_gaussian(mu: Tensor, logvar: Tensor) -> None:
         raise ValueError(f"mu must have shape (B, D) with B, D >= 1, got {tuple(mu.shape)}")
     if logvar.shape != mu.shape:
         raise ValueError(f"logvar must have the shape of mu {tuple(mu.shape)}, got {tuple(logvar.shape)}")
+
+
+def reparameterise(mu: Tensor, logvar: Tensor, eps: Tensor) -> Tensor:
+    """The codes z = mu + sigma * eps of a Gaussian encoder (eq. 3), sigma = exp(logvar / 2).
+
+    mu, logvar: (B, D); eps: (..., B, D), e.g. (K, B, D) for K draws per sample -> z shaped like eps.
+    """
+    return mu + (0.5 * logvar).exp() * eps
 
 
 def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -54,14 +63,14 @@ def conditional_entropy(logvar: Tensor) -> Tensor:
     return 0.5 * (math.log(2.0 * math.pi * math.e) + logvar).sum(dim=1)
 
 
-def information_potential(mu: Tensor, logvar: Tensor, eps: Tensor, partners: Tensor | None = None) -> Tensor:
+def information_potential(mu: Tensor, logvar: Tensor, z: Tensor, partners: Tensor | None = None) -> Tensor:
     """Per-sample summand of the IPAE bound on I(x; z), eq. 10.
 
     For sample i: the mean over noise draws k and partners j of
-    0.5 * sum_d (mu_j - mu_i - sigma_i * eps[k, i])^2 / sigma_j^2.
-    Its batch mean is eq. 10 exactly as printed.
+    0.5 * sum_d (mu_j - z[k, i])^2 / sigma_j^2, where z[k, i] = mu_i + sigma_i * eps[k, i]
+    (`reparameterise`). Its batch mean is eq. 10 exactly as printed.
 
-    mu, logvar: (B, D). eps: (K, B, D), or (B, D) for K = 1.
+    mu, logvar: (B, D). z: (K, B, D), or (B, D) for K = 1: the codes of the batch.
     partners: None for all B samples of the batch (the paper's N_j = N), or integer (B, M):
     the partners j of each sample i (see `draw_partners`).
     Returns (B,).
@@ -72,13 +81,12 @@ def information_potential(mu: Tensor, logvar: Tensor, eps: Tensor, partners: Ten
     never a (B, B, D) tensor. With partners, O(K * B * M * D).
     """
     _check_gaussian(mu, logvar)
-    if eps.ndim == 2:
-        eps = eps.unsqueeze(0)
-    if eps.ndim != 3 or eps.shape[1:] != mu.shape:
-        raise ValueError(f"eps must have shape (K, B, D) or (B, D) with (B, D) = {tuple(mu.shape)}, got {tuple(eps.shape)}")
-    if eps.shape[0] == 0:
-        raise ValueError("eps must hold at least one noise draw (K >= 1)")
-    z = mu + (0.5 * logvar).exp() * eps  # (K, B, D): the code of sample i under draw k
+    if z.ndim == 2:
+        z = z.unsqueeze(0)
+    if z.ndim != 3 or z.shape[1:] != mu.shape:
+        raise ValueError(f"z must have shape (K, B, D) or (B, D) with (B, D) = {tuple(mu.shape)}, got {tuple(z.shape)}")
+    if z.shape[0] == 0:
+        raise ValueError("z must hold at least one noise draw (K >= 1)")
     precision = (-logvar).exp()  # (B, D): 1 / sigma_j^2
     if partners is None:
         total_precision = precision.sum(dim=0)  # (D,)
@@ -95,13 +103,15 @@ def information_potential(mu: Tensor, logvar: Tensor, eps: Tensor, partners: Ten
     return 0.5 * weighted.sum(dim=3).mean(dim=(0, 2))
 
 
-def draw_partners(batch_size: int, n_partners: int, generator: torch.Generator) -> Tensor:
+def draw_partners(batch_size: int, n_partners: int, generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Tensor:
     """Draw `n_partners` partners per sample, uniformly with replacement from the whole batch.
 
     Each sample itself is a possible partner, so that the expectation of `information_potential`
     with these partners equals its all-pairs value. This is the paper's N_j.
-    Returns int64 (batch_size, n_partners) on the generator's device.
+    Returns int64 (batch_size, n_partners) on the generator's device (`device` when `generator` is
+    None: then torch's global generator draws them, as for `torch.randint`).
     """
     if batch_size < 1 or n_partners < 1:
         raise ValueError(f"batch_size and n_partners must be >= 1, got {batch_size} and {n_partners}")
-    return torch.randint(batch_size, (batch_size, n_partners), generator=generator, device=generator.device)
+    device = generator.device if generator is not None else device
+    return torch.randint(batch_size, (batch_size, n_partners), generator=generator, device=device)

@@ -7,8 +7,8 @@ import io
 import json
 import math
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -30,21 +30,27 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     A reader never sees a half-written file, and a failure leaves no file behind.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = _fresh(path, lambda name: os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)))
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; results are ordinary files
-        write(Path(tmp))
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _fresh(path: Path, create: Callable[[Path], None]) -> Path:
+    """A new hidden name beside `path`, made by `create` (which fails if it exists). Unlike mkstemp and
+    mkdtemp, which make private files, `create` gives the usual permissions (the umask applies), and
+    nothing process-wide is changed to do so."""
+    for _ in range(100):
+        candidate = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            create(candidate)
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"could not make a temporary name beside {path}")
 
 
 def write_json(path: str | Path, value: object) -> None:
@@ -97,9 +103,8 @@ def staged_directory(out: str | Path, *, overwrite: bool = False) -> Iterator[Pa
         raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
     created = [parent for parent in reversed(out.parents) if not parent.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    stage = _fresh(out, lambda name: os.mkdir(name, 0o777))
     try:
-        os.chmod(stage, 0o777 & ~_umask())
         yield stage
         if out.exists():
             shutil.rmtree(out)

@@ -1,4 +1,11 @@
-"""Training loop: Adam on the model's objective, with the paper's defaults. No file I/O here."""
+"""The one training path: Adam on an `AutoEncoder`'s objective, from any data source.
+
+`train(model, data, TrainConfig(...))` owns everything around the objective: batches (from a tensor,
+an array, a memory-mapped .npy, a Dataset, a DataLoader or any iterable of batches), the noise,
+precision and torch.compile, distributed training (rank slices and the all-gather of the codes that
+the global-batch rate needs), the divergence check, logging, a progress bar, and checkpoints every N
+steps with an exact resume.
+"""
 
 from __future__ import annotations
 
@@ -6,36 +13,76 @@ import ctypes
 import functools
 import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 from tqdm.auto import tqdm
 
-from ipae.distributed import average_over_processes, is_main_process, rank, world_size
+from ipae import distributed
+from ipae.checkpoint import TrainState, load_model_weights, load_state, save_model
+from ipae.data.arrays import release
 from ipae.models import AutoEncoder
+from ipae.results import staged_directory
 
-__all__ = ["train", "TrainResult", "TrainState", "TrainingDiverged", "CompileFailed", "check_data", "resolve_device", "PRECISIONS"]
+__all__ = [
+    "TrainConfig",
+    "train",
+    "TrainResult",
+    "TrainState",
+    "TrainingDiverged",
+    "CompileFailed",
+    "resolve_device",
+    "resolve_precision",
+    "native_bf16",
+    "keep_freed_memory",
+    "PRECISIONS",
+]
 
 # "fp32": everything in float32. "bf16": the layers' matmuls and activations in bfloat16 (autocast),
-# the parameters, the optimiser, the rate term and the loss reduction in float32.
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+# the parameters, the optimiser, the rate term and the loss reduction in float32; faster only where the
+# hardware has bfloat16 arithmetic (see `native_bf16`). "auto": bf16 where it is native, else fp32.
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
-@dataclass
-class TrainState:
-    """Where a run stands after `step` steps: all that `train(..., resume=state)` needs to go on
-    exactly as if it had not stopped (the weights are the model's own)."""
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. Defaults are the paper's (section 4.1)."""
 
-    step: int
-    settings: dict  # the settings the steps so far were trained with; a continuation must share them
-    optimizer: dict  # the optimiser's state_dict
-    generator: Tensor  # (bytes,) uint8: the state of the generator of noise and partners
-    history: Tensor  # (step, 3) float32: loss, distortion and rate of every step so far
+    steps: int = 5000  # section 4.1: "finished after 5000 batches"
+    batch_size: int = 512  # section 4.1; per process under torchrun; a DataLoader's or iterable's own batches win
+    lr: float = 1e-3  # section 4.1, Adam
+    n_samples: int = 1  # K noise draws per sample; the paper draws one
+    seed: int = 0  # the batches, the noise and the rate's draws: the same seed gives the same run on a device
+    precision: str = "fp32"  # a key of PRECISIONS; fp32 is the reference, bf16 pays only on native bf16 hardware
+    compile: bool = False  # torch.compile the objective: seconds to compile, then faster steps (docs/performance.md)
+    device: str | None = None  # where to train; None: where the model is
+    log_every: int = 100  # steps between divergence checks (one host sync each) and log records
+    checkpoint_every: int | None = None  # with a checkpoint directory: save the run so far every N steps
+    progress: bool | None = None  # a progress bar; None: only on a terminal
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "n_samples", "log_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        every = self.checkpoint_every
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise ValueError(f"checkpoint_every must be an integer >= 1 or None, got {every!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < float("inf"):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -76,14 +123,48 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return device
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes in bfloat16 natively: a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX. Elsewhere bf16 matmuls are emulated, several times slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(check is not None and check() for check in checks)
+
+
+@functools.cache
+def _warn_emulated_bf16(device_type: str) -> None:  # once per process and device type
+    warnings.warn(
+        f"precision 'bf16' on a {device_type} without native bfloat16 (no AVX512-BF16 or AMX; CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}): its matmuls are emulated and slower than fp32 (5x measured); "
+        "use precision 'auto' or 'fp32'",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"fp32" or "bf16": "auto" is bf16 where `native_bf16(device)`, else fp32; "bf16" where it is not
+    native warns (once) that it will be slower."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if precision == "bf16" and not native_bf16(device):
+        _warn_emulated_bf16(device.type)
+    return precision
+
+
 @functools.cache
 def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed blocks of up to 32 MiB in the heap instead of returning them to the OS.
+    """Opt-in, process-wide: ask glibc to keep freed blocks of up to 32 MiB in the heap instead of
+    returning them to the OS.
 
     By default glibc unmaps a large block when it is freed, so every training step page-faults its
     activations back in (about 4000 faults a step for the toy model, a third of its time). Raising
     M_MMAP_THRESHOLD and M_TRIM_THRESHOLD stops that, at the price of a resident heap that does not
-    shrink. Process-wide, done once; returns False where there is no glibc (then nothing changes).
+    shrink, for the whole process. `train` never calls it; the `ipae` command and the worker processes
+    of `ipae.experiments` do. Done once; returns False where there is no glibc (then nothing changes).
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -93,18 +174,12 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30))
 
 
-def check_data(data: Tensor, n_inputs: int) -> None:
-    """Raise ValueError unless `data` is a non-empty, finite (N, n_inputs) floating tensor."""
-    if not isinstance(data, Tensor):
-        raise ValueError(f"data must be a torch.Tensor, got {type(data).__name__}")
-    if data.ndim != 2 or data.shape[1] != n_inputs:
-        raise ValueError(f"data must have shape (N, {n_inputs}), got {tuple(data.shape)}")
-    if data.shape[0] == 0:
-        raise ValueError("data is empty (N = 0)")
-    if not data.is_floating_point():
-        raise ValueError(f"data must be floating point, got {data.dtype}")
-    if not torch.isfinite(data).all():
-        raise ValueError("data contains NaN or infinite values")
+# data sources: each gives this process's batch of every step, as a floating tensor on the device
+
+
+def _check_finite(x: Tensor, where: str) -> None:
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        raise ValueError(f"{where} contains NaN or infinite values")
 
 
 def _batch_indices(n: int, batch_size: int, steps: int, generator: torch.Generator) -> Tensor:
@@ -115,123 +190,245 @@ def _batch_indices(n: int, batch_size: int, steps: int, generator: torch.Generat
     return order[: steps * batch_size].view(steps, batch_size)
 
 
+class _Indexed:
+    """A source of known size N: a tensor or array (on the device), a memory-mapped array or a
+    map-style Dataset (read batch by batch). Steps index a fixed schedule of shuffled passes, so
+    resuming at step s costs nothing."""
+
+    def __init__(self, data, config: TrainConfig, device: torch.device, dtype: torch.dtype) -> None:
+        processes, rank = distributed.world_size(), distributed.rank()
+        n = len(data)
+        if n == 0:
+            raise ValueError("data is empty (N = 0)")
+        self.local_batch = min(config.batch_size, n // processes)  # this process's share of the global batch
+        if self.local_batch < 1:
+            raise ValueError(f"{n} samples cannot be shared among {processes} processes")
+        self.global_batch = self.local_batch * processes
+        self.settings = {"n_data": n, "batch_size": self.global_batch}
+        indices = _batch_indices(n, self.global_batch, config.steps, torch.Generator().manual_seed(config.seed))
+        self.indices = indices[:, rank * self.local_batch : (rank + 1) * self.local_batch].contiguous()  # (steps, local batch)
+        self.device, self.dtype = device, dtype
+        if isinstance(data, np.memmap):  # checked batch by batch: a whole pass would read a file larger than RAM
+            self.read = functools.partial(_memmap_rows, data)
+        elif isinstance(data, (Tensor, np.ndarray)):
+            tensor = torch.from_numpy(np.ascontiguousarray(data)) if isinstance(data, np.ndarray) else data
+            _check_array(tensor)
+            tensor = tensor.to(device=device, dtype=dtype)
+            self.indices = self.indices.to(device)
+            self.read = lambda index: tensor.index_select(0, index)
+        else:  # a map-style Dataset
+            self.read = functools.partial(_dataset_rows, data)
+
+    def batches(self, first: int, end: int) -> Iterator[Tensor]:
+        for step in range(first, end):
+            yield self.read(self.indices[step]).to(device=self.device, dtype=self.dtype, non_blocking=True)
+
+
+def _check_array(data: Tensor) -> None:
+    if data.ndim < 2:
+        raise ValueError(f"data must have shape (N, ...) with a sample's values after N, got {tuple(data.shape)}")
+    if not (data.is_floating_point() or data.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
+        raise ValueError(f"data must be numeric, got {data.dtype}")
+    _check_finite(data, "data")
+
+
+def _memmap_rows(data: np.memmap, index: Tensor) -> Tensor:
+    """The rows of a memory-mapped array, copied, its pages then dropped from this process: what keeps
+    the resident size of training on a file larger than RAM at the size of a batch."""
+    rows = torch.from_numpy(np.take(data, index.numpy(), axis=0))
+    release(data)
+    _check_finite(rows, "a batch of the data")
+    return rows
+
+
+def _dataset_rows(dataset: Dataset, index: Tensor) -> Tensor:
+    indices = index.tolist()
+    if hasattr(dataset, "__getitems__"):
+        items = dataset.__getitems__(indices)
+    else:
+        items = [dataset[i] for i in indices]
+    batch = _inputs(default_collate(items))
+    _check_finite(batch, "a batch of the dataset")
+    return batch
+
+
+def _inputs(batch) -> Tensor:
+    """x of a batch: the batch itself, or the first element of an (x, y, ...) tuple or list."""
+    if isinstance(batch, (tuple, list)):
+        batch = batch[0]
+    if isinstance(batch, np.ndarray):
+        batch = torch.from_numpy(batch)
+    if not isinstance(batch, Tensor):
+        raise ValueError(f"a batch must be a tensor or an (x, y) pair of tensors, got {type(batch).__name__}")
+    return batch
+
+
+class _Stream:
+    """A DataLoader or any iterable of batches, each this process's batch; iterated again when it ends
+    (a new epoch), and replayed from the start to resume (so a resumed run sees the same batches when
+    the loader is built the same way, e.g. with a seeded generator)."""
+
+    def __init__(self, data: Iterable, device: torch.device, dtype: torch.dtype) -> None:
+        self.data, self.device, self.dtype = data, device, dtype
+        self.settings = {"n_data": None, "batch_size": getattr(data, "batch_size", None)}
+
+    def batches(self, first: int, end: int) -> Iterator[Tensor]:
+        step = 0
+        while step < end:
+            produced = False
+            for batch in self.data:
+                produced = True
+                if step >= first:
+                    x = _inputs(batch)
+                    _check_finite(x, f"the batch of step {step}")
+                    yield x.to(device=self.device, dtype=self.dtype, non_blocking=True)
+                step += 1
+                if step == end:
+                    return
+            if not produced or iter(self.data) is self.data:  # empty, or a one-shot iterator that is spent
+                raise ValueError(f"the data ran out after {step} batches ({end} steps asked for); pass a re-iterable source")
+
+
+def _source(data, config: TrainConfig, device: torch.device, dtype: torch.dtype):
+    if isinstance(data, (Tensor, np.ndarray)) or (isinstance(data, Dataset) and not isinstance(data, IterableDataset)):
+        return _Indexed(data, config, device, dtype)
+    if isinstance(data, (DataLoader, Iterable)) and not isinstance(data, (str, bytes)):
+        return _Stream(data, device, dtype)
+    raise ValueError(f"data must be a tensor, an array, a Dataset, a DataLoader or an iterable of batches, got {type(data).__name__}")
+
+
 def train(
     model: AutoEncoder,
-    data: Tensor,
+    data,
+    config: TrainConfig = TrainConfig(),
     *,
-    steps: int = 5000,
-    batch_size: int = 512,
-    lr: float = 1e-3,
-    n_pairs: int | None = 1,
-    n_samples: int = 1,
-    seed: int = 0,
-    precision: str = "fp32",
-    progress: bool | None = None,
-    log_every: int = 100,
-    on_log: Callable[[dict], None] | None = None,
-    resume: TrainState | None = None,
+    resume: TrainState | str | Path | None = None,
     stop_at: int | None = None,
-    compile: bool = False,
+    on_log: Callable[[dict], None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    metadata: dict | None = None,
 ) -> TrainResult:
-    """Train `model` in place on `data` (N, n_inputs) with Adam; returns the per-step history.
+    """Train `model` in place with Adam on `data`; returns the per-step history.
 
-    Defaults are the paper's (section 4.1): Adam, lr 1e-3, batch 512, 5000 steps, K = 1 noise draw,
-    N_j = `n_pairs` = 1 partner (None: all pairs). A batch larger than N is cut to N. `seed` fixes the
-    batches, the noise and the partners: the same seed and model give the same result on a device.
-    Under torch.distributed (torchrun; see ipae.distributed) `batch_size` is each process's share: R
-    processes train on a global batch of R * batch_size as one process would, and log its losses.
-    `precision`: a key of PRECISIONS; "bf16" trades precision in the layers for speed.
-    `compile`: run the model's objective through torch.compile (one process only). It costs seconds
-    of compiling when training starts (less once inductor's on-disk cache holds the graph), needs
-    a C++ compiler on the CPU, and pays mostly with bf16 (docs/performance.md); results differ from
-    the eager ones by rounding.
-    `progress`: a progress bar (None: only on a terminal). Every `log_every` steps the loop checks the
-    loss once (one host sync), raises `TrainingDiverged` at the first non-finite step, and passes
-    `on_log` the means of loss, distortion and rate over those steps.
-    Continuing: `resume` (a result's `.state`, with the model as it was then) goes on from its step;
-    `stop_at` ends after that many steps of the `steps`-step schedule. Run in pieces this way, training
-    gives the same weights as in one piece (bit for bit on the CPU), whatever `steps` the pieces name.
+    `data`: a tensor or array (N, ...) (a memory-mapped array is read batch by batch), a map-style
+    `Dataset`, a `DataLoader`, or any iterable of batches; a batch that is `(x, y)` trains on x.
+    Sources of known size follow a fixed schedule of shuffled passes drawn from `config.seed`; a
+    DataLoader or iterable gives its own batches and is iterated again at its end.
+    Under torch.distributed (torchrun) `config.batch_size` is each process's share: R processes train
+    on a global batch of R * batch_size as one process would (a DataLoader or iterable must give each
+    process its own share), the rate sees the codes of the whole global batch, and the logs are its means.
+    Every `config.log_every` steps the loop checks the loss once (one host sync), raises
+    `TrainingDiverged` at the first non-finite step and passes `on_log` the means of loss, distortion
+    and rate over those steps.
+    Checkpoints: with `checkpoint_dir` and `config.checkpoint_every` = N, the run so far (the model, its
+    training state and `metadata`) replaces `checkpoint_dir` every N steps, atomically.
+    Continuing: `resume` (a result's `.state`, with the model as it was then; or a checkpoint directory,
+    whose weights are loaded into `model`) goes on from its step; `stop_at` ends after that many steps
+    of the schedule. Run in pieces, training gives the same weights as in one piece (bit for bit on the CPU).
     """
-    check_data(data, model.config.n_inputs)
-    if steps < 1 or batch_size < 1 or n_samples < 1 or log_every < 1:
-        raise ValueError(f"steps, batch_size, n_samples and log_every must be >= 1, got {steps}, {batch_size}, {n_samples}, {log_every}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if n_pairs is not None and n_pairs < 1:
-        raise ValueError(f"n_pairs must be >= 1 or None (all pairs), got {n_pairs}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    processes, index = world_size(), rank()
-    if compile and processes > 1:
+    if not isinstance(model, AutoEncoder):
+        raise ValueError(f"model must be an ipae.AutoEncoder, got {type(model).__name__}")
+    if isinstance(resume, (str, Path)):
+        load_model_weights(model, resume)
+        resume = load_state(resume)
+    processes, rank = distributed.world_size(), distributed.rank()
+    if config.compile and processes > 1:
         raise ValueError("compile=True is not supported under torch.distributed; train without it")
-    local_batch = min(batch_size, data.shape[0] // processes)  # this process's share of the global batch
-    if local_batch < 1:
-        raise ValueError(f"{data.shape[0]} samples cannot be shared among {processes} processes")
-    batch_size = local_batch * processes
-    settings = {"n_data": data.shape[0], "batch_size": batch_size, "lr": lr, "n_pairs": n_pairs, "n_samples": n_samples, "seed": seed}
-    settings["precision"] = precision
-    first_step, end = (0 if resume is None else resume.step), (steps if stop_at is None else stop_at)
-    if not first_step < end <= steps:
-        raise ValueError(f"nothing to train: steps {first_step}..{end} of a {steps}-step schedule")
+    first, end = (0 if resume is None else resume.step), (config.steps if stop_at is None else stop_at)
+    if not first < end <= config.steps:
+        raise ValueError(f"nothing to train: steps {first}..{end} of a {config.steps}-step schedule")
+    if config.device is not None:
+        model.to(resolve_device(config.device))
+    parameter = next(model.parameters())
+    device, dtype = parameter.device, parameter.dtype
+    precision = resolve_precision(config.precision, device)
+    source = _source(data, config, device, dtype)
+    settings = {**source.settings, "lr": config.lr, "n_samples": config.n_samples, "seed": config.seed, "precision": precision}
     if resume is not None and resume.settings != settings:
-        differing = ", ".join(
-            f"{key} {resume.settings.get(key)!r} then, {value!r} now"
-            for key, value in settings.items()
-            if resume.settings.get(key) != value
-        )
+        differing = ", ".join(f"{key} {resume.settings.get(key)!r} then, {value!r} now" for key, value in settings.items() if resume.settings.get(key) != value)
         raise ValueError(f"cannot continue the run with other settings: {differing}")
-    device = next(model.parameters()).device
-    data = data.to(device=device, dtype=next(model.parameters()).dtype)
-    indices = _batch_indices(data.shape[0], batch_size, steps, torch.Generator().manual_seed(seed))
-    indices = indices[:, index * local_batch : (index + 1) * local_batch].contiguous().to(device)  # (steps, local batch)
+
+    if checkpoint_dir is not None and config.checkpoint_every is not None:
+        target = Path(checkpoint_dir)
+        if target.exists() and not (target / "model.json").is_file() and (not target.is_dir() or any(target.iterdir())):
+            raise ValueError(f"{target}: exists and is not a model directory; checkpoints replace it, so name a new or a checkpoint directory")
     step_model = model if processes == 1 else DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    objective = torch.compile(model.objective, dynamic=False) if compile else model.objective
-    generator = torch.Generator(device).manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True)  # one kernel for all parameters
+    objective = torch.compile(model.objective, dynamic=False) if config.compile else step_model
+    gather = distributed.gather_batch if processes > 1 else None
+    generator = torch.Generator(device).manual_seed(config.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)  # one kernel for all parameters
     history = torch.empty(end, 3, device=device)  # (steps, [loss, distortion, rate]), read every log_every
     if resume is not None:
         optimizer.load_state_dict(resume.optimizer)
         generator.set_state(resume.generator)
-        history[:first_step] = resume.history[:first_step].to(device)
-    autocast_dtype = PRECISIONS[precision]
-    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
-    keep_freed_memory()
-    show = (sys.stderr.isatty() if progress is None else progress) and is_main_process()
-    model.train()
+        history[:first] = resume.history[:first].to(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+    every = config.checkpoint_every if checkpoint_dir is not None else None
+    main = distributed.is_main_process()
+    show = (sys.stderr.isatty() if config.progress is None else config.progress) and main
+    n_latent = None
+    checked = logged = first
     start = time.perf_counter()
-    with tqdm(initial=first_step, total=end, disable=not show, desc="train", unit="step", leave=False) as bar:
-        for step in range(first_step, end):
-            batch = data.index_select(0, indices[step])
+    model.train()
+    with tqdm(initial=first, total=end, disable=not show, desc="train", unit="step", leave=False) as bar:
+        for step, batch in enumerate(source.batches(first, end), start=first):
+            if n_latent is None:
+                n_latent = _code_size(model, batch)
+            local = batch.shape[0]
+            noise = model.draw_noise((local * processes, n_latent), generator=generator, n_samples=config.n_samples)
+            eps = noise.eps[:, rank * local : (rank + 1) * local]  # (K, B, D): this process's share
             with autocast:
-                if processes > 1:  # through DistributedDataParallel, which hooks forward() (= loss)
-                    terms = step_model(batch, generator=generator, n_pairs=n_pairs, n_samples=n_samples)
-                else:
-                    noise = model.draw_noise(local_batch, generator=generator, n_pairs=n_pairs, n_samples=n_samples)
-                    try:
-                        terms = objective(batch, noise, generator)
-                    except torch._dynamo.exc.BackendCompilerFailed as error:
-                        reason = str(error).strip().splitlines()[0]
-                        raise CompileFailed(f"torch.compile failed ({reason}); train without compiling") from error
+                try:
+                    terms = objective(batch, eps, noise.draws) if gather is None else objective(batch, eps, noise.draws, gather)
+                except torch._dynamo.exc.BackendCompilerFailed as error:
+                    reason = str(error).strip().splitlines()[0]
+                    raise CompileFailed(f"torch.compile failed ({reason}); train without compiling") from error
             optimizer.zero_grad(set_to_none=True)
             terms.loss.backward()
             optimizer.step()
             history[step] = torch.stack(terms).detach()
-            if (step + 1) % log_every == 0 or step + 1 == end:
-                window = history[max(first_step, step - step % log_every) : step + 1]  # the steps since the last check
-                window[:] = average_over_processes(window)  # the global batch's loss and distortion on every process
-                finite = torch.isfinite(window[:, 0])
-                if not finite.all():
-                    first = step + 1 - len(window) + int((~finite).nonzero()[0])
-                    raise TrainingDiverged(first, _result(history[: first + 1], time.perf_counter() - start))
+            done = step + 1
+            log_now = done % config.log_every == 0 or done == end
+            save_now = every is not None and done % every == 0 and done < end
+            if not (log_now or save_now):
+                continue
+            window = history[checked:done]
+            window[:] = distributed.average_over_processes(window)  # the global batch's loss on every process
+            finite = torch.isfinite(window[:, 0])
+            if not finite.all():
+                bad = checked + int((~finite).nonzero()[0])
+                raise TrainingDiverged(bad, _result(history[: bad + 1], time.perf_counter() - start))
+            checked = done
+            if log_now:
                 if on_log is not None:
-                    loss, distortion, rate = window.mean(dim=0).tolist()
-                    on_log({"step": step + 1, "loss": loss, "distortion": distortion, "rate": rate, "seconds": time.perf_counter() - start})
-                bar.set_postfix(loss=f"{float(window[-1, 0]):.4g}", refresh=False)
-                bar.update(step + 1 - bar.n)
+                    loss, distortion, rate = history[logged:done].mean(dim=0).tolist()
+                    on_log({"step": done, "loss": loss, "distortion": distortion, "rate": rate, "seconds": time.perf_counter() - start})
+                bar.set_postfix(loss=f"{float(history[done - 1, 0]):.4g}", refresh=False)
+                bar.update(done - bar.n)
+                logged = done
+            if save_now and main:
+                state = TrainState(done, settings, _detached(optimizer.state_dict()), generator.get_state(), history[:done].cpu())
+                with staged_directory(checkpoint_dir, overwrite=True) as stage:
+                    save_model(model, stage, metadata=metadata, state=state)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     state = TrainState(end, settings, _detached(optimizer.state_dict()), generator.get_state(), history.cpu())
     return _result(history, time.perf_counter() - start, state)
+
+
+@torch.no_grad()
+def _code_size(model: AutoEncoder, batch: Tensor) -> int:
+    """D of the model's codes, from one sample, in eval mode (a BatchNorm cannot see a batch of one in training)."""
+    if model.architecture is not None:
+        model.architecture.check_input(tuple(batch.shape[1:]))
+    model.eval()
+    try:
+        mu, logvar = model.encode(batch[:1])
+    finally:
+        model.train()
+    if mu.ndim != 2 or logvar.shape != mu.shape:
+        raise ValueError(f"the encoder must return (mu, logvar), each (B, D); it returned shapes {tuple(mu.shape)} and {tuple(logvar.shape)}")
+    return mu.shape[1]
 
 
 def _detached(optimizer_state: dict) -> dict:

@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import csv
+import mmap
 import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_array"]
+__all__ = ["load_array", "release"]
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def load_array(path: str | Path, *, n_features: int | None = None, key: str | None = None) -> np.ndarray:
-    """Load a numeric 2-D array (N, F) from a `.npy`, `.npz` or `.csv` file as float32.
+def load_array(path: str | Path, *, key: str | None = None, max_ndim: int = 2, mmap: bool = False) -> np.ndarray:
+    """Load a numeric array (N, ...) of 2 to `max_ndim` dimensions from a `.npy`, `.npz` or `.csv` file.
 
     `key` names the array to take from a `.npz` archive; it may be left out when the archive holds
     one array. A `.csv` file is comma-separated numbers, one sample per line, with an optional header
-    row. Raises FileNotFoundError for a missing file and ValueError, starting with the path, for
-    anything that is not a non-empty, finite, numeric 2-D array (with F == `n_features` when given).
+    row. With `mmap`, a `.npy` file is memory-mapped read-only and returned in its own dtype (checked
+    64 MiB at a time, never loaded whole: `ipae.train` reads it batch by batch); anything else is
+    float32. Raises FileNotFoundError for a missing file and ValueError, starting with the path, for
+    anything that is not a non-empty, finite, numeric array of that many dimensions.
     """
     path = Path(path)
     if not path.is_file():
@@ -30,23 +33,36 @@ def load_array(path: str | Path, *, n_features: int | None = None, key: str | No
         raise ValueError(f"{path}: unsupported file type {path.suffix!r}; expected one of {', '.join(_READERS)}")
     if key is not None and suffix != ".npz":
         raise ValueError(f"{path}: key={key!r} names an array in a .npz archive, but a {suffix} file holds only one")
-    array = _read_npz(path, key) if suffix == ".npz" else _READERS[suffix](path)
+    if suffix == ".npy" and mmap:
+        array = _read_npy(path, mmap_mode="r")
+    else:
+        array = _read_npz(path, key) if suffix == ".npz" else _READERS[suffix](path)
     if array.dtype.kind not in "biuf":
         raise ValueError(f"{path}: expected a numeric array, got dtype {array.dtype}")
-    if array.ndim != 2:
-        raise ValueError(f"{path}: expected a 2-D array (samples, features), got shape {array.shape}")
+    if not 2 <= array.ndim <= max_ndim:
+        shapes = "(samples, features)" if max_ndim == 2 else f"of 2 to {max_ndim} dimensions (samples, ...)"
+        raise ValueError(f"{path}: expected an array {shapes}, got shape {array.shape}")
     if array.shape[0] == 0:
         raise ValueError(f"{path}: the array has no rows")
-    if array.shape[1] == 0:
+    if 0 in array.shape[1:]:
         raise ValueError(f"{path}: the array has no features (columns)")
-    if n_features is not None and array.shape[1] != n_features:
-        raise ValueError(f"{path}: expected {n_features} features per row, got {array.shape[1]}")
     if array.dtype.kind == "f":
-        if not np.isfinite(array).all():
-            raise ValueError(f"{path}: the array contains NaN or infinite values")
-        if (np.abs(array) > _FLOAT32_MAX).any():  # the cast would turn these into inf
-            raise ValueError(f"{path}: the array has values beyond the float32 range (+-{_FLOAT32_MAX:.3g})")
-    return array.astype(np.float32)
+        rows = max(1, (64 << 20) // max(1, array[0].nbytes))  # 64 MiB at a time
+        for start in range(0, len(array), rows):
+            chunk = array[start : start + rows]
+            if not np.isfinite(chunk).all():
+                raise ValueError(f"{path}: the array contains NaN or infinite values")
+            if (np.abs(chunk) > _FLOAT32_MAX).any():  # the cast would turn these into inf
+                raise ValueError(f"{path}: the array has values beyond the float32 range (+-{_FLOAT32_MAX:.3g})")
+            release(array)
+    return array if isinstance(array, np.memmap) else array.astype(np.float32)
+
+
+def release(array: np.ndarray) -> None:
+    """Drop the pages of a memory-mapped array from this process's memory (the OS keeps them cached)."""
+    mapping = getattr(array, "_mmap", None)
+    if isinstance(mapping, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def _unreadable(path: Path, what: str, error: Exception) -> ValueError:
@@ -54,9 +70,9 @@ def _unreadable(path: Path, what: str, error: Exception) -> ValueError:
     return ValueError(f"{path}: not a readable {what} ({reason})")
 
 
-def _read_npy(path: Path) -> np.ndarray:
+def _read_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
     try:
-        array = np.load(path, allow_pickle=False)
+        array = np.load(path, allow_pickle=False, mmap_mode=mmap_mode)
     except (ValueError, OSError, EOFError) as error:
         raise _unreadable(path, ".npy array", error) from None
     if not isinstance(array, np.ndarray):  # np.load reads by content: this is a .npz archive

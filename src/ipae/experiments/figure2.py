@@ -12,13 +12,15 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from ipae import __version__
-from ipae.experiments.mnist import MnistRun, draw_codes, first_successful_repeat, run_repeat, summarise_repeats, title
+from ipae._version import __version__
+from ipae.experiments.mnist import draw_codes, first_successful_repeat, run_repeat, summarise_repeats, title
 from ipae.experiments.parallel import map_runs
-from ipae.experiments.toy import MODELS
+from ipae.experiments.runs import Run
+from ipae.rates import InformationPotential, PriorKL
 from ipae.results import save_png, write_json, write_table
+from ipae.train import TrainConfig
 
-__all__ = ["VAE_BETAS", "IPAE_BETAS", "IPAE_PAIRS", "COLUMNS", "figure2_runs", "run_name", "reproduce_figure2", "summary"]
+__all__ = ["VAE_BETAS", "IPAE_BETAS", "IPAE_PAIRS", "COLUMNS", "figure2_runs", "reproduce_figure2", "summary"]
 
 # The paper's grid (section 4.2): the VAE across beta; IPAE with N_j = 1 across beta; IPAE at its
 # best beta with more partners (None: all 512 pairs of the batch).
@@ -26,40 +28,31 @@ VAE_BETAS = (1e-5, 1e-4, 1e-3, 1e-2)
 IPAE_BETAS = (1e-5, 1e-4, 1e-3)
 IPAE_PAIRS = (8, 64, None)
 
-COLUMNS = ("model", "beta", "N_j", "steps", "precision", "repeats", "failed_repeats", "svm_error", "svm_error_std")
+COLUMNS = ("rate", "options", "beta", "steps", "precision", "repeats", "failed_repeats", "svm_error", "svm_error_std")
 COLUMNS += ("pca_within_class", "train_seconds")
 # The settings a resumed sweep must share with the runs it keeps.
 SWEEP_SETTINGS = ("steps", "seed", "precision")
 
 
-def figure2_runs(*, steps: int = 5000, seed: int = 0, precision: str = "fp32", compile: bool = False) -> list[MnistRun]:
-    """The ten cells of the grid, at the paper's training settings unless told otherwise."""
-    base = MnistRun(steps=steps, seed=seed, precision=precision, compile=compile)
+def figure2_runs(training: TrainConfig, *, seed: int = 0) -> list[Run]:
+    """The ten cells of the grid, each trained as `training` says (the paper's settings by default)."""
     return (
-        [replace(base, model="vae", beta=beta, n_pairs=None) for beta in VAE_BETAS]
-        + [replace(base, model="ipae", beta=beta, n_pairs=1) for beta in IPAE_BETAS]
-        + [replace(base, model="ipae", beta=IPAE_BETAS[0], n_pairs=pairs) for pairs in IPAE_PAIRS]
+        [Run(PriorKL(), beta, seed, training) for beta in VAE_BETAS]
+        + [Run(InformationPotential(1), beta, seed, training) for beta in IPAE_BETAS]
+        + [Run(InformationPotential(pairs), IPAE_BETAS[0], seed, training) for pairs in IPAE_PAIRS]
     )
 
 
-def run_name(run: MnistRun) -> str:
-    if run.model == "vae":
-        return f"vae-beta{run.beta:g}"
-    return f"ipae-beta{run.beta:g}-pairs{'all' if run.n_pairs is None else run.n_pairs}"
-
-
-def _repeat_into(runs_directory: Path, data_dir: Path | None, device: str | None, task: tuple[MnistRun, int]) -> dict:
+def _repeat_into(runs_directory: Path, data_dir: Path | None, device: str | None, task: tuple[Run, int]) -> dict:
     run, repeat = task
-    return run_repeat(run, data_dir, runs_directory / run_name(run), repeat, device=device)
+    return run_repeat(run, data_dir, runs_directory / run.name(), repeat, device=device)
 
 
 def reproduce_figure2(
     out: Path,
+    training: TrainConfig,
     *,
-    steps: int = 5000,
     seed: int = 0,
-    precision: str = "fp32",
-    compile: bool = False,
     repeats: int = 10,
     data_dir: Path | None = None,
     jobs: int = 1,
@@ -67,7 +60,8 @@ def reproduce_figure2(
     progress: bool | None = None,
 ) -> list[dict]:
     """Train every repeat of every cell into `out`/runs, keeping the repeats already there, then write
-    runs/<cell>/metrics.json and codes.png, figure2.{md,csv,json} and figure2.png. Returns the table's rows.
+    runs/<cell>/metrics.json and codes.png, cells.json (every cell's metrics), figure2.{md,csv,json} and
+    figure2.png. Returns the table's rows.
 
     `out` is created if missing; if it holds a sweep, that sweep's settings (out/sweep.json) must equal
     these, and its finished repeats (one JSON each) are not redone. Repeats run in the order
@@ -75,19 +69,20 @@ def reproduce_figure2(
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    settings = {"steps": steps, "seed": seed, "precision": precision}
+    settings = {"steps": training.steps, "seed": seed, "precision": training.precision}
     _claim(out, settings)  # compile changes rounding only, so a resumed sweep may differ in it
-    runs = figure2_runs(**settings, compile=compile)
+    runs = figure2_runs(training, seed=seed)
     for run in runs:
-        (out / "runs" / run_name(run)).mkdir(parents=True, exist_ok=True)
+        (out / "runs" / run.name()).mkdir(parents=True, exist_ok=True)
     tasks = [(run, repeat) for repeat in range(repeats) for run in runs]
     device = None if device is None else str(device)
     records = map_runs(partial(_repeat_into, out / "runs", data_dir, device), tasks, jobs=jobs, progress=progress, desc="figure 2")
-    rows, results = [], {}
+    rows, results, cells = [], {}, {}
     for run in runs:
-        results[run] = [record for (task_run, _), record in zip(tasks, records, strict=True) if task_run == run]
-        metrics = summarise_repeats(run, results[run], out / "runs" / run_name(run))
-        rows.append({**metrics["config"], "N_j": _partners(run), **metrics})
+        results[run] = [record for (task_run, _), record in zip(tasks, records, strict=True) if task_run is run]
+        cells[run.name()] = summarise_repeats(run, results[run], out / "runs" / run.name())
+        rows.append({**run.row(), **cells[run.name()]})
+    write_json(out / "cells.json", cells)
     write_table(out, "figure2", rows, COLUMNS, note=summary(rows))
     save_png(_grid_figure(out, runs, results, rows), out / "figure2.png")
     return rows
@@ -113,11 +108,11 @@ def summary(rows: list[dict]) -> str:
     done = [row for row in rows if row["svm_error"] is not None]
     best = {}
     for row in done:
-        if row["svm_error"] < best.get(row["model"], {"svm_error": math.inf})["svm_error"]:
-            best[row["model"]] = row
-    parts = [f"{model} {row['svm_error']:.2f} % ({_cell_label(row)})" for model, row in best.items()]
+        if row["svm_error"] < best.get(row["rate"], {"svm_error": math.inf})["svm_error"]:
+            best[row["rate"]] = row
+    parts = [f"{rate} {row['svm_error']:.2f} % ({_cell_label(row)})" for rate, row in best.items()]
     line = "Lowest mean test error: " + ("; ".join(parts) if parts else "no repeat succeeded") + "."
-    paper_cell = next((row for row in done if row["model"] == "ipae" and row["beta"] == IPAE_BETAS[0] and row["N_j"] == "8"), None)
+    paper_cell = next((row for row in done if row["rate"] == "ip" and row["beta"] == IPAE_BETAS[0] and row["options"] == "n_partners=8"), None)
     if paper_cell is not None and "vae" in best:
         verdict = "below" if paper_cell["svm_error"] < best["vae"]["svm_error"] else "not below"
         line += f" IPAE with β = 1e-5, N_j = 8: {paper_cell['svm_error']:.2f} %, {verdict} the best VAE."
@@ -125,18 +120,11 @@ def summary(rows: list[dict]) -> str:
     return line + f" Failed repeats (non-finite loss): {failed} of {sum(row['repeats'] for row in rows)}."
 
 
-def _partners(run: MnistRun) -> str:
-    """N_j as the table shows it: a count, "all", or "" where the rate term has no partners."""
-    if (run.rate or MODELS[run.model]) != "ip":
-        return ""
-    return "all" if run.n_pairs is None else str(run.n_pairs)
-
-
 def _cell_label(row: dict) -> str:
-    return f"β = {row['beta']:g}" + (f", N_j = {row['N_j']}" if row["N_j"] else "")
+    return f"β = {row['beta']:g}" + (f", {row['options']}" if row["options"] else "")
 
 
-def _grid_figure(out: Path, runs: list[MnistRun], results: dict, rows: list[dict]) -> Figure:
+def _grid_figure(out: Path, runs: list[Run], results: dict, rows: list[dict]) -> Figure:
     """One panel per cell: the PCA of the first successful repeat's test codes, titled with the error."""
     columns = 5
     figure = Figure(figsize=(3.2 * columns, 3.3 * math.ceil(len(runs) / columns)))
@@ -144,10 +132,10 @@ def _grid_figure(out: Path, runs: list[MnistRun], results: dict, rows: list[dict
         axes = figure.add_subplot(math.ceil(len(runs) / columns), columns, index + 1)
         first = first_successful_repeat(results[run])
         if first is None:
-            axes.set_title(f"{run.model} {_cell_label(row)}\nall {row['repeats']} repeats failed", fontsize=9)
+            axes.set_title(f"{run.rate.name} {_cell_label(row)}\nall {row['repeats']} repeats failed", fontsize=9)
             axes.set_axis_off()
             continue
-        pca = np.load(out / "runs" / run_name(run) / f"repeat-{first}-pca.npz")
+        pca = np.load(out / "runs" / run.name() / f"repeat-{first}-pca.npz")
         draw_codes(axes, pca, title=title(run, row))
     figure.tight_layout()
     return figure

@@ -11,14 +11,18 @@ from typing import TypeVar
 import torch
 from tqdm.auto import tqdm
 
+from ipae.train import keep_freed_memory
+
 __all__ = ["map_runs"]
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
-def _single_thread() -> None:
+def _worker() -> None:
+    """A worker process of ours: one thread, and glibc keeping freed memory (see `keep_freed_memory`)."""
     torch.set_num_threads(1)
+    keep_freed_memory()
 
 
 def map_runs(
@@ -43,7 +47,7 @@ def map_runs(
                 bar.update()
             return results
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_single_thread) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker) as pool:
             futures = {pool.submit(function, item): index for index, item in enumerate(items)}
             results: list = [None] * len(items)
             for future in as_completed(futures):

@@ -12,20 +12,24 @@ from matplotlib.figure import Figure
 from ipae.checkpoint import load_model
 from ipae.data.toy import gaussian_grid
 from ipae.experiments.parallel import map_runs
-from ipae.experiments.toy import ToyRun, child_seeds, run_toy
+from ipae.experiments.runs import Run, child_seeds
+from ipae.experiments.toy import run_toy
+from ipae.information import reparameterise
 from ipae.mixture import mutual_information
+from ipae.rates import InformationPotential, MonteCarlo, PairwiseKL, PriorKL, Rate
 from ipae.results import save_png, write_json, write_table
+from ipae.train import TrainConfig
 
 __all__ = ["GRID", "ESTIMATORS", "rate_distortion_runs", "reproduce_rate_distortion"]
 
-# Rate term -> (model, betas). The mixture estimates are capped by log(batch) = 6.2 nats, eq. 10 and the
-# VAE's KL are not, so their useful betas differ. (The Bhattacharyya lower bound trains too, but a lower
-# bound is not one to minimise; it is left out of the grid.)
-GRID: dict[str, tuple[str, tuple[float, ...]]] = {
-    "ip": ("ipae", (0.003, 0.01, 0.03, 0.1)),
-    "pairwise-kl": ("ipae", (0.3, 1.0, 3.0)),
-    "mc": ("ipae", (1.0, 3.0)),
-    "vae": ("vae", (0.1, 0.3, 1.0, 3.0)),
+# Rate term -> betas. The mixture estimates are capped by log(batch) = 6.2 nats, eq. 10 and the VAE's
+# KL are not, so their useful betas differ. (The Bhattacharyya lower bound trains too, but a lower bound
+# is not one to minimise; it is left out of the grid.) The pairwise terms use all pairs of the batch.
+GRID: dict[str, tuple[Rate, tuple[float, ...]]] = {
+    "ip": (InformationPotential(1), (0.003, 0.01, 0.03, 0.1)),
+    "pairwise-kl": (PairwiseKL(), (0.3, 1.0, 3.0)),
+    "mc": (MonteCarlo(1), (1.0, 3.0)),
+    "vae": (PriorKL(), (0.1, 0.3, 1.0, 3.0)),
 }
 # The estimates of I(x; z) reported for every trained model: the sandwich and the paper's bound.
 ESTIMATORS = ("bhattacharyya", "mc", "pairwise-kl", "jensen")
@@ -33,30 +37,13 @@ MC_SAMPLES = 16  # draws per data point for the Monte Carlo estimate
 COLUMNS = ("rate", "beta", "status", "E", "distortion", "I_bhattacharyya", "I_mc", "I_pairwise-kl", "I_jensen", "train_seconds")
 
 
-def rate_distortion_runs(*, steps: int = 5000, seed: int = 0, precision: str = "fp32", compile: bool = False) -> list[ToyRun]:
-    """Every (rate term, beta) of GRID, all pairs of the batch for the pairwise terms."""
-    return [
-        ToyRun(
-            model=model,
-            rate=rate,
-            beta=beta,
-            n_pairs=1 if rate == "ip" else None,
-            steps=steps,
-            seed=seed,
-            precision=precision,
-            compile=compile,
-        )
-        for rate, (model, betas) in GRID.items()
-        for beta in betas
-    ]
-
-
-def _run_name(run: ToyRun) -> str:
-    return f"{run.rate}-beta{run.beta:g}"
+def rate_distortion_runs(training: TrainConfig, *, seed: int = 0) -> list[Run]:
+    """Every (rate term, beta) of GRID, each trained as `training` says."""
+    return [Run(rate, beta, seed, training) for rate, betas in GRID.values() for beta in betas]
 
 
 @torch.no_grad()
-def evaluate_rate(run: ToyRun, directory: Path) -> dict:
+def evaluate_rate(run: Run, directory: Path) -> dict:
     """Distortion (squared error of sampled codes, mean over the data) and I(x; z) by every estimator,
     of the model trained in `directory`, on the whole toy data set (a mixture of 5000 components)."""
     data_seed, _, train_seed = child_seeds(run.seed, 3)
@@ -65,7 +52,7 @@ def evaluate_rate(run: ToyRun, directory: Path) -> dict:
     mu, logvar = model.encode(x)
     generator = torch.Generator().manual_seed(train_seed)
     noise = torch.randn((MC_SAMPLES, *mu.shape), generator=generator, dtype=mu.dtype)
-    decoded = model.decode((mu + (0.5 * logvar).exp() * noise).flatten(0, 1))  # (S * N, 2)
+    decoded = model.decode(reparameterise(mu, logvar, noise).flatten(0, 1))  # (S * N, 2)
     metrics = {"distortion": float((decoded - x.repeat(MC_SAMPLES, 1)).square().sum(dim=1).mean())}
     for method in ESTIMATORS:
         estimate = mutual_information(mu, logvar, method=method, generator=generator, n_samples=MC_SAMPLES)
@@ -73,30 +60,31 @@ def evaluate_rate(run: ToyRun, directory: Path) -> dict:
     return metrics
 
 
-def _run_into(runs_directory: Path, device: torch.device | str | None, run: ToyRun) -> dict:
-    directory = runs_directory / _run_name(run)
+def _run_into(runs_directory: Path, device: torch.device | str | None, run: Run) -> dict:
+    directory = runs_directory / run.name()
     metrics = run_toy(run, directory, device=device, progress=False).metrics
     if metrics["status"] == "ok":
         metrics |= evaluate_rate(run, directory)
         write_json(directory / "metrics.json", metrics)
-    return {**metrics["config"], **metrics}
+    return metrics
 
 
 def reproduce_rate_distortion(
     out: Path,
+    training: TrainConfig,
     *,
-    steps: int = 5000,
     seed: int = 0,
-    precision: str = "fp32",
-    compile: bool = False,
     jobs: int = 1,
     device: torch.device | str | None = None,
     progress: bool | None = None,
 ) -> list[dict]:
-    """Train every run of the grid into `out`/runs and write rate_distortion.{md,csv,json,png}."""
-    runs = rate_distortion_runs(steps=steps, seed=seed, precision=precision, compile=compile)
+    """Train every run of the grid into `out`/runs and write cells.json (every run's metrics) and
+    rate_distortion.{md,csv,json,png}."""
+    runs = rate_distortion_runs(training, seed=seed)
     (out / "runs").mkdir()
-    rows = map_runs(partial(_run_into, out / "runs", device), runs, jobs=jobs, progress=progress, desc="rate-distortion")
+    cells = map_runs(partial(_run_into, out / "runs", device), runs, jobs=jobs, progress=progress, desc="rate-distortion")
+    write_json(out / "cells.json", {run.name(): metrics for run, metrics in zip(runs, cells, strict=True)})
+    rows = [{**run.row(), **metrics} for run, metrics in zip(runs, cells, strict=True)]
     write_table(out, "rate_distortion", rows, COLUMNS, note=summary(rows))
     save_png(_figure(rows), out / "rate_distortion.png")
     return rows

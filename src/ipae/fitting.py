@@ -1,0 +1,140 @@
+"""Fitting a model to your own data: the one function behind `ipae fit` and the estimators' `fit`."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ipae.models import AutoEncoder
+from ipae.networks import ARCHITECTURES, MLP, Conv
+from ipae.rates import RATES, create
+from ipae.train import TrainConfig, TrainResult, train
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["ModelSpec", "build_model", "fit", "OPTIONS", "from_options", "read_options", "options_toml"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The model that a fit builds for data of a given sample shape."""
+
+    arch: str = "mlp"  # "mlp": the paper's fully connected pair; "conv": Burgess et al.'s, for images
+    n_components: int = 16  # D, the size of the code; section 4.1 uses 16
+    hidden: tuple[int, ...] = (2048,)  # "mlp" only: hidden layer sizes; the paper's toy model has one of 2048
+    activation: str = "relu"  # "mlp" only: a key of ipae.layers.ACTIVATIONS
+    distortion: str = "mse"  # a key of ipae.models.DISTORTIONS; "bernoulli" for data in [0, 1]
+    rate: str = "ip"  # a key of ipae.rates.RATES
+    rate_options: dict = field(default_factory=dict)  # the rate's own, e.g. {"n_partners": 8}
+    beta: float | None = None  # None: the rate's default_beta
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown arch {self.arch!r}; choose from {', '.join(ARCHITECTURES)}")
+        if self.rate not in RATES:
+            raise ValueError(f"unknown rate {self.rate!r}; choose from {', '.join(RATES)}")
+        create(self.rate, **self.rate_options)  # checks the options
+        if self.beta is not None and (isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not 0 <= self.beta < math.inf):
+            raise ValueError(f"beta must be a finite number >= 0, got {self.beta!r}")
+
+    def architecture(self, sample_shape: tuple[int, ...]) -> MLP | Conv:
+        if self.arch == "conv":
+            return Conv(sample_shape, self.n_components)
+        return MLP(sample_shape, self.hidden, self.n_components, self.activation)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "hidden": list(self.hidden)}
+
+
+def build_model(spec: ModelSpec, sample_shape: tuple[int, ...], *, seed: int = 0) -> AutoEncoder:
+    """The model `spec` describes for samples of `sample_shape`, its weights drawn from `seed`."""
+    rate = create(spec.rate, **spec.rate_options)
+    beta = rate.default_beta if spec.beta is None else spec.beta
+    return AutoEncoder.from_architecture(spec.architecture(sample_shape), seed=seed, rate=rate, distortion=spec.distortion, beta=beta)
+
+
+def fit(
+    data,
+    spec: ModelSpec,
+    config: TrainConfig,
+    *,
+    seed: int = 0,
+    resume: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+    metadata: dict | None = None,
+    on_log: Callable[[dict], None] | None = None,
+) -> tuple[AutoEncoder, TrainResult]:
+    """Build the model of `spec` (weights from `seed`) and train it on `data` (N, ...), an array or
+    tensor (a memory-mapped array is read batch by batch).
+
+    `resume`: a model directory with a training state (a checkpoint, or a finished fit) to continue from.
+    `checkpoint_dir`, `metadata` and `on_log` are `train`'s.
+    """
+    if data.ndim < 2 or len(data) == 0:
+        raise ValueError(f"data must be a non-empty array (N, ...) of samples, got shape {tuple(data.shape)}")
+    if spec.distortion == "bernoulli" and not isinstance(data, np.memmap):
+        low, high = float(data.min()), float(data.max())
+        if low < 0 or high > 1:
+            raise ValueError(f"the bernoulli distortion needs data in [0, 1]; got values in [{low:g}, {high:g}]")
+    model = build_model(spec, tuple(data.shape[1:]), seed=seed)
+    if config.device is not None:
+        model.to(torch.device(config.device))
+    result = train(model, data, config, resume=resume, checkpoint_dir=checkpoint_dir, metadata=metadata, on_log=on_log)
+    return model, result
+
+
+# The options of a fit, as `ipae fit` takes them and its config.toml records them: where each goes.
+SPEC_OPTIONS = ("arch", "n_components", "hidden", "activation", "distortion", "rate", "beta")
+RATE_OPTIONS = {"n_partners": "n_partners", "mc_samples": "n_samples"}  # option -> the rate's own keyword
+TRAIN_OPTIONS = ("steps", "batch_size", "lr", "seed", "precision", "compile", "log_every", "checkpoint_every")
+DATA_OPTIONS = ("data", "key")
+OPTIONS = (*DATA_OPTIONS, *SPEC_OPTIONS, *RATE_OPTIONS, *TRAIN_OPTIONS)
+
+
+def from_options(options: dict) -> tuple[ModelSpec, TrainConfig]:
+    """The model spec and training config that flat `options` (see OPTIONS) name; the rest default.
+    `n_partners` may be "all" (all pairs). ValueError, naming the option, for anything invalid."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown option {', '.join(unknown)}")
+    rate_options = {RATE_OPTIONS[name]: options[name] for name in RATE_OPTIONS if name in options}
+    if rate_options.get("n_partners") == "all":
+        rate_options["n_partners"] = None
+    spec = ModelSpec(**{name: options[name] for name in SPEC_OPTIONS if name in options}, rate_options=rate_options)
+    config = TrainConfig(**{name: options[name] for name in TRAIN_OPTIONS if name in options})
+    return spec, config
+
+
+def read_options(path: str | Path) -> dict:
+    """The options of a TOML config file (names with - or _), checked against OPTIONS."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such config file")
+    try:
+        values = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid TOML ({error})") from None
+    options = {name.replace("-", "_"): value for name, value in values.items()}
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"{path}: {', '.join(unknown)} is not an option a config file can set")
+    if isinstance(options.get("hidden"), list):
+        options["hidden"] = tuple(options["hidden"])
+    return options
+
+
+def options_toml(options: dict) -> str:
+    """`options` as a flat TOML document (JSON writes strings, numbers, booleans and lists as TOML does)."""
+    values = {name: list(value) if isinstance(value, tuple) else value for name, value in options.items() if value is not None}
+    return "".join(f"{name} = {json.dumps(value)}\n" for name, value in values.items())
