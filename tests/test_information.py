@@ -1,5 +1,8 @@
 """Tests of ipae.information against Python-float loops, closed forms and torch.distributions.
 
+information_potential takes the codes z = reparameterise(mu, logvar, eps); the loops below build each
+z_ki = mu_i + sigma_i * eps_ki themselves from eps.
+
 Every reference here is computed independently of the library's vectorised formulas: plain loops over
 i, j, k and d with `math` on Python floats.
 """
@@ -9,7 +12,7 @@ import math
 import pytest
 import torch
 
-from ipae.information import conditional_entropy, draw_partners, gaussian_kl, information_potential
+from ipae.information import conditional_entropy, draw_partners, gaussian_kl, information_potential, reparameterise
 
 F64 = torch.float64
 
@@ -28,6 +31,11 @@ def _gaussians(b: int, d: int, *, seed: int, offset: float = 0.0) -> tuple[torch
 
 def _noise(shape: tuple[int, ...], *, seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=_generator(seed), dtype=F64)
+
+
+def _potential(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor, partners: torch.Tensor | None = None) -> torch.Tensor:
+    """information_potential of the codes z = reparameterise(mu, logvar, eps), as a model computes it."""
+    return information_potential(mu, logvar, reparameterise(mu, logvar, eps), partners)
 
 
 # --- references by loops --------------------------------------------------------------------------------------------
@@ -86,6 +94,26 @@ def _tensor(values: list[float]) -> torch.Tensor:
     return torch.tensor(values, dtype=F64)
 
 
+# --- reparameterise ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("noise_shape", [(5, 3), (1, 5, 3), (4, 5, 3)])
+def test_reparameterise_is_mu_plus_sigma_times_eps(noise_shape):
+    mu, logvar = _gaussians(5, 3, seed=46, offset=2.0)
+    logvar = logvar + 1.5  # sigma = exp(logvar / 2) well away from 1, so exp(logvar) or sqrt(2 pi) slips would show
+    eps = _noise(noise_shape, seed=47)
+    m, lv = mu.tolist(), logvar.tolist()
+    draws = eps.tolist() if eps.ndim == 3 else [eps.tolist()]
+    expected = [[[m[i][c] + math.exp(lv[i][c] / 2) * draws[k][i][c] for c in range(3)] for i in range(5)] for k in range(len(draws))]
+    z = reparameterise(mu, logvar, eps)
+    assert z.shape == noise_shape and z.dtype == F64
+    torch.testing.assert_close(z, _tensor(expected).reshape(noise_shape), rtol=1e-14, atol=1e-14)
+    # zero noise gives the means, unit noise mu + sigma
+    torch.testing.assert_close(reparameterise(mu, logvar, torch.zeros_like(eps)), mu.expand(noise_shape), rtol=0, atol=0)
+    sigma = _tensor([[math.sqrt(math.exp(v)) for v in row] for row in lv])
+    torch.testing.assert_close(reparameterise(mu, logvar, torch.ones(5, 3, dtype=F64)), mu + sigma, rtol=1e-14, atol=1e-14)
+
+
 # --- information_potential against loops ---------------------------------------------------------------------------
 
 
@@ -95,9 +123,9 @@ def test_all_pairs_potential_with_one_draw_matches_loops(offset, shape):
     mu, logvar = _gaussians(*shape, seed=1, offset=offset)
     eps = _noise(shape, seed=2)  # K = 1 given as (B, D)
     expected = _tensor(_potential_by_loops(mu, logvar, eps))
-    torch.testing.assert_close(information_potential(mu, logvar, eps), expected, rtol=1e-10, atol=0)
+    torch.testing.assert_close(_potential(mu, logvar, eps), expected, rtol=1e-10, atol=0)
     # (B, D) is the same as (1, B, D)
-    torch.testing.assert_close(information_potential(mu, logvar, eps[None]), expected, rtol=1e-10, atol=0)
+    torch.testing.assert_close(_potential(mu, logvar, eps[None]), expected, rtol=1e-10, atol=0)
 
 
 @pytest.mark.parametrize("offset", [0.0, 1000.0, -1000.0])
@@ -106,7 +134,7 @@ def test_all_pairs_potential_with_several_draws_matches_loops(offset, k):
     mu, logvar = _gaussians(10, 3, seed=3, offset=offset)
     eps = _noise((k, 10, 3), seed=4)
     expected = _tensor(_potential_by_loops(mu, logvar, eps))
-    torch.testing.assert_close(information_potential(mu, logvar, eps), expected, rtol=1e-10, atol=0)
+    torch.testing.assert_close(_potential(mu, logvar, eps), expected, rtol=1e-10, atol=0)
 
 
 def test_all_pairs_potential_with_very_unequal_variances_matches_loops():
@@ -115,7 +143,7 @@ def test_all_pairs_potential_with_very_unequal_variances_matches_loops():
     logvar = torch.linspace(-9.0, 9.0, 16, dtype=F64).reshape(8, 2)
     eps = _noise((2, 8, 2), seed=6)
     expected = _tensor(_potential_by_loops(mu, logvar, eps))
-    torch.testing.assert_close(information_potential(mu, logvar, eps), expected, rtol=1e-10, atol=0)
+    torch.testing.assert_close(_potential(mu, logvar, eps), expected, rtol=1e-10, atol=0)
 
 
 # rows with repeated indices, a sample as its own partner, and a single partner repeated
@@ -129,11 +157,11 @@ def test_partner_potential_matches_loops(offset, k):
     eps = _noise((k, 8, 4), seed=8)
     partners = torch.tensor(PARTNERS)
     expected = _tensor(_potential_by_loops(mu, logvar, eps, partners))
-    torch.testing.assert_close(information_potential(mu, logvar, eps, partners), expected, rtol=1e-10, atol=0)
+    torch.testing.assert_close(_potential(mu, logvar, eps, partners), expected, rtol=1e-10, atol=0)
     # int32 partners give the same values
-    torch.testing.assert_close(information_potential(mu, logvar, eps, partners.int()), expected, rtol=1e-10, atol=0)
+    torch.testing.assert_close(_potential(mu, logvar, eps, partners.int()), expected, rtol=1e-10, atol=0)
     if k == 1:  # and so does eps given as (B, D)
-        torch.testing.assert_close(information_potential(mu, logvar, eps[0], partners), expected, rtol=1e-10, atol=0)
+        torch.testing.assert_close(_potential(mu, logvar, eps[0], partners), expected, rtol=1e-10, atol=0)
 
 
 def test_a_single_partner_per_sample_matches_loops():
@@ -141,7 +169,7 @@ def test_a_single_partner_per_sample_matches_loops():
     eps = _noise((5, 2), seed=10)
     partners = torch.tensor([[4], [4], [0], [3], [1]])
     expected = _tensor(_potential_by_loops(mu, logvar, eps, partners))
-    torch.testing.assert_close(information_potential(mu, logvar, eps, partners), expected, rtol=1e-10, atol=0)
+    torch.testing.assert_close(_potential(mu, logvar, eps, partners), expected, rtol=1e-10, atol=0)
 
 
 def test_partners_listing_the_whole_batch_once_give_the_all_pairs_value():
@@ -149,7 +177,7 @@ def test_partners_listing_the_whole_batch_once_give_the_all_pairs_value():
     eps = _noise((2, 6, 3), seed=12)
     # every row a different permutation of 0..5
     partners = torch.stack([torch.randperm(6, generator=_generator(13 + i)) for i in range(6)])
-    torch.testing.assert_close(information_potential(mu, logvar, eps, partners), information_potential(mu, logvar, eps), rtol=1e-10, atol=0)
+    torch.testing.assert_close(_potential(mu, logvar, eps, partners), _potential(mu, logvar, eps), rtol=1e-10, atol=0)
 
 
 # --- known answers ------------------------------------------------------------------------------------------------
@@ -160,7 +188,7 @@ def test_the_potential_averages_to_its_closed_form_over_the_noise():
     means, variances = _potential_expectation_by_loops(mu, logvar)
     k = 20_000
     eps = _noise((k, 12, 4), seed=15)
-    value = information_potential(mu, logvar, eps)
+    value = _potential(mu, logvar, eps)
     standard_error = (_tensor(variances) / k).sqrt()
     z_scores = (value - _tensor(means)) / standard_error
     assert z_scores.abs().max() < 5, z_scores
@@ -174,7 +202,7 @@ def test_the_closed_form_expectation_matches_an_explicit_gauss_hermite_average()
     patterns = torch.tensor([[(p >> c) & 1 for c in range(3)] for p in range(8)], dtype=F64) * 2 - 1  # (8, 3) of +-1
     eps = patterns[:, None, :].expand(8, 6, 3)  # the same sign pattern for every sample of a draw
     torch.testing.assert_close(_tensor(_potential_by_loops(mu, logvar, eps)), _tensor(means), rtol=1e-12, atol=0)
-    torch.testing.assert_close(information_potential(mu, logvar, eps), _tensor(means), rtol=1e-10, atol=0)
+    torch.testing.assert_close(_potential(mu, logvar, eps), _tensor(means), rtol=1e-10, atol=0)
 
 
 def test_identical_components_have_potential_d_over_2_in_expectation():
@@ -188,7 +216,7 @@ def test_identical_components_have_potential_d_over_2_in_expectation():
     # for any draw, the summand is exactly 0.5 * mean_k |eps_ki|^2
     k = 20_000
     eps = _noise((k, b, d), seed=19)
-    value = information_potential(mu, logvar, eps)
+    value = _potential(mu, logvar, eps)
     torch.testing.assert_close(value, 0.5 * eps.square().sum(dim=2).mean(dim=0), rtol=1e-10, atol=0)
     # and its batch mean is D/2 within a few standard errors, sqrt(D / 2 / (B K))
     assert abs(float(value.mean()) - d / 2) < 5 * math.sqrt(d / 2 / (b * k))
@@ -198,9 +226,9 @@ def test_a_point_mass_batch_with_zero_noise_has_zero_potential():
     mu = torch.full((4, 3), 7.0, dtype=F64)
     logvar = torch.randn(3, generator=_generator(20), dtype=F64).expand(4, 3).clone()
     zero = torch.zeros(2, 4, 3, dtype=F64)
-    torch.testing.assert_close(information_potential(mu, logvar, zero), torch.zeros(4, dtype=F64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(_potential(mu, logvar, zero), torch.zeros(4, dtype=F64), rtol=0, atol=1e-12)
     partners = torch.tensor([[1], [2], [3], [0]])
-    torch.testing.assert_close(information_potential(mu, logvar, zero, partners), torch.zeros(4, dtype=F64), rtol=0, atol=0)
+    torch.testing.assert_close(_potential(mu, logvar, zero, partners), torch.zeros(4, dtype=F64), rtol=0, atol=0)
 
 
 # --- draw_partners ----------------------------------------------------------------------------------------------
@@ -211,8 +239,8 @@ def test_random_partners_are_unbiased_for_all_pairs():
     mu, logvar = _gaussians(b, d, seed=21)
     eps = _noise((b, d), seed=22)  # fixed noise: the partners are the only randomness
     partners = draw_partners(b, m, _generator(23))
-    value = information_potential(mu, logvar, eps, partners)
-    all_pairs = information_potential(mu, logvar, eps)
+    value = _potential(mu, logvar, eps, partners)
+    all_pairs = _potential(mu, logvar, eps)
     # the spread over a uniform partner j of the per-pair term g_i(j), by loops
     per_pair = [[_potential_by_loops(mu, logvar, eps, torch.tensor([[j]] * b))[i] for j in range(b)] for i in range(b)]
     mean_over_j = [sum(row) / b for row in per_pair]
@@ -227,8 +255,8 @@ def test_averaging_over_many_partner_draws_recovers_all_pairs():
     mu, logvar = _gaussians(b, d, seed=24, offset=1000.0)
     eps = _noise((2, b, d), seed=25)
     generator = _generator(26)
-    draws = torch.stack([information_potential(mu, logvar, eps, draw_partners(b, 8, generator)) for _ in range(2000)])
-    torch.testing.assert_close(draws.mean(dim=0), information_potential(mu, logvar, eps), rtol=0.03, atol=0)
+    draws = torch.stack([_potential(mu, logvar, eps, draw_partners(b, 8, generator)) for _ in range(2000)])
+    torch.testing.assert_close(draws.mean(dim=0), _potential(mu, logvar, eps), rtol=0.03, atol=0)
 
 
 def test_draw_partners_shape_dtype_range_and_uniformity():
@@ -323,8 +351,12 @@ def test_information_potential_passes_gradcheck(offset, k):
     eps = _noise((k, 5, 2), seed=37)
     mu, logvar, eps = _leaves(mu, logvar, eps)
     partners = torch.tensor([[1, 1], [0, 4], [2, 3], [3, 0], [4, 2]])
-    assert torch.autograd.gradcheck(information_potential, (mu, logvar, eps))
-    assert torch.autograd.gradcheck(lambda m, lv, e: information_potential(m, lv, e, partners), (mu, logvar, eps))
+    # through the codes z = reparameterise(mu, logvar, eps), as in training, and with z itself as the input
+    assert torch.autograd.gradcheck(_potential, (mu, logvar, eps))
+    assert torch.autograd.gradcheck(lambda m, lv, e: _potential(m, lv, e, partners), (mu, logvar, eps))
+    z = reparameterise(mu, logvar, eps).detach().requires_grad_()
+    assert torch.autograd.gradcheck(information_potential, (mu, logvar, z))
+    assert torch.autograd.gradcheck(lambda m, lv, codes: information_potential(m, lv, codes, partners), (mu, logvar, z))
 
 
 def test_all_pairs_gradient_matches_the_gradient_of_a_direct_pairwise_formula():
@@ -332,7 +364,7 @@ def test_all_pairs_gradient_matches_the_gradient_of_a_direct_pairwise_formula():
     mu, logvar = _gaussians(6, 3, seed=38, offset=1000.0)
     eps = _noise((2, 6, 3), seed=39)
     mu1, lv1, eps1 = _leaves(mu, logvar, eps)
-    information_potential(mu1, lv1, eps1).sum().backward()
+    _potential(mu1, lv1, eps1).sum().backward()
     mu2, lv2, eps2 = _leaves(mu, logvar, eps)
     z = mu2 + (0.5 * lv2).exp() * eps2  # (K, B, D)
     direct = 0.5 * ((mu2[None, None, :, :] - z[:, :, None, :]).square() / lv2.exp()[None, None, :, :]).sum(dim=3)  # (K, B_i, B_j)
@@ -347,8 +379,9 @@ def test_float32_agrees_with_float64():
     mu, logvar, eps = (t.float().double() for t in (mu, logvar, eps))  # inputs exactly representable in float32
     partners = draw_partners(12, 3, _generator(42))
     for function, args in (
-        (information_potential, (mu, logvar, eps)),
-        (lambda m, lv, e: information_potential(m, lv, e, partners), (mu, logvar, eps)),
+        (_potential, (mu, logvar, eps)),
+        (lambda m, lv, e: _potential(m, lv, e, partners), (mu, logvar, eps)),
+        (reparameterise, (mu, logvar, eps)),
         (gaussian_kl, (mu, logvar)),
         (conditional_entropy, (logvar,)),
     ):
@@ -367,8 +400,8 @@ def test_cuda_agrees_with_cpu():
     assert int(cuda_partners.min()) >= 0 and int(cuda_partners.max()) < 12
     for dtype, rtol in ((F64, 1e-10), (torch.float32, 1e-5)):
         for args in ((mu, logvar, eps), (mu, logvar, eps, partners)):
-            cpu = information_potential(*(a.to(dtype) if a.is_floating_point() else a for a in args))
-            cuda = information_potential(*(a.to("cuda", dtype) if a.is_floating_point() else a.cuda() for a in args))
+            cpu = _potential(*(a.to(dtype) if a.is_floating_point() else a for a in args))
+            cuda = _potential(*(a.to("cuda", dtype) if a.is_floating_point() else a.cuda() for a in args))
             torch.testing.assert_close(cuda.cpu(), cpu, rtol=rtol, atol=0 if dtype == F64 else 1e-6)
         torch.testing.assert_close(
             gaussian_kl(mu.to("cuda", dtype), logvar.to("cuda", dtype)).cpu(), gaussian_kl(mu.to(dtype), logvar.to(dtype))
@@ -396,10 +429,10 @@ def _z(*shape: int, dtype: torch.dtype = F64) -> torch.Tensor:
         (lambda: information_potential(_z(3), _z(3), _z(3)), r"mu must have shape \(B, D\)"),
         (lambda: information_potential(_z(3, 2), _z(3, 3), _z(3, 2)), "logvar must have the shape of mu"),
         (lambda: information_potential(_z(0, 2), _z(0, 2), _z(0, 2)), r"B, D >= 1"),
-        (lambda: information_potential(_z(3, 2), _z(3, 2), _z(3, 3)), "eps must have shape"),
-        (lambda: information_potential(_z(3, 2), _z(3, 2), _z(2, 4, 2)), "eps must have shape"),
-        (lambda: information_potential(_z(3, 2), _z(3, 2), _z(6)), "eps must have shape"),
-        (lambda: information_potential(_z(3, 2), _z(3, 2), _z(1, 1, 3, 2)), "eps must have shape"),
+        (lambda: information_potential(_z(3, 2), _z(3, 2), _z(3, 3)), "z must have shape"),
+        (lambda: information_potential(_z(3, 2), _z(3, 2), _z(2, 4, 2)), "z must have shape"),
+        (lambda: information_potential(_z(3, 2), _z(3, 2), _z(6)), "z must have shape"),
+        (lambda: information_potential(_z(3, 2), _z(3, 2), _z(1, 1, 3, 2)), "z must have shape"),
         (lambda: information_potential(_z(3, 2), _z(3, 2), _z(0, 3, 2)), r"K >= 1"),
         (lambda: information_potential(_z(3, 2), _z(3, 2), _z(3, 2), _z(2, 1, dtype=torch.int64)), "partners must have shape"),
         (lambda: information_potential(_z(3, 2), _z(3, 2), _z(3, 2), _z(3, 0, dtype=torch.int64)), "partners must have shape"),

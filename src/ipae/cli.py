@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ipae._version import __version__
-from ipae.distributed import init_from_environment, is_main_process
+from ipae.distributed import init_from_environment, is_main_process, launched
 from ipae.fitting import OPTIONS as FIT_OPTIONS
 from ipae.layers import ACTIVATIONS
 from ipae.models import DISTORTIONS
@@ -76,8 +76,14 @@ def _options(parser, default=argparse.SUPPRESS, *, training: bool = True) -> Non
         add("--batch-size", type=_positive_int, help="samples per step, per process under torchrun (default 512)")
         add("--lr", type=_positive_float, help="Adam's learning rate (default 1e-3)")
     add("--seed", type=int, help="seed of the data, weights, batches and noise (default 0)")
-    add("--precision", choices=PRECISIONS, help="bf16: layers in bfloat16, faster only with native bf16 (AVX512-BF16, AMX, GPUs); auto picks")
-    parser.add_argument("--compile", action="store_true", default=default, help="torch.compile the objective: seconds to compile, then faster steps")
+    add(
+        "--precision",
+        choices=PRECISIONS,
+        help="bf16: layers in bfloat16, faster only with native bf16 (AVX512-BF16, AMX, GPUs); auto picks",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", default=default, help="torch.compile the objective: seconds to compile, then faster steps"
+    )
 
 
 def _output(parser) -> None:
@@ -112,14 +118,20 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--config", type=Path, help="a TOML file of these options (names with - or _); the command line wins")
     fit.add_argument("--resume", type=Path, help="continue the run in this model directory (a fit, or OUT.checkpoint), with its options")
     fit.add_argument("--key", default=argparse.SUPPRESS, help="the array's name in a .npz archive")
-    fit.add_argument("--arch", choices=tuple(ARCHITECTURES), default=argparse.SUPPRESS, help="mlp (default) or conv: images (N, H, W) or (N, C, H, W)")
+    fit.add_argument(
+        "--arch", choices=tuple(ARCHITECTURES), default=argparse.SUPPRESS, help="mlp (default) or conv: images (N, H, W) or (N, C, H, W)"
+    )
     fit.add_argument("--n-components", type=_positive_int, default=argparse.SUPPRESS, help="size of the code z (default 16)")
     fit.add_argument("--hidden", type=_sizes, default=argparse.SUPPRESS, help="mlp: hidden layer sizes, comma-separated (default 2048)")
     fit.add_argument("--activation", choices=tuple(ACTIVATIONS), default=argparse.SUPPRESS, help="mlp: default relu")
-    fit.add_argument("--distortion", choices=tuple(DISTORTIONS), default=argparse.SUPPRESS, help="bernoulli: data in [0, 1], such as pixels")
+    fit.add_argument(
+        "--distortion", choices=tuple(DISTORTIONS), default=argparse.SUPPRESS, help="bernoulli: data in [0, 1], such as pixels"
+    )
     _options(fit)
     fit.add_argument("--log-every", type=_positive_int, default=argparse.SUPPRESS, help="steps per line of the log (default 100)")
-    fit.add_argument("--checkpoint-every", type=_positive_int, default=argparse.SUPPRESS, help="save the run so far to OUT.checkpoint every N steps")
+    fit.add_argument(
+        "--checkpoint-every", type=_positive_int, default=argparse.SUPPRESS, help="save the run so far to OUT.checkpoint every N steps"
+    )
     fit.add_argument("--log", type=Path, help="also write the JSON-lines log here while training")
     fit.add_argument("--tensorboard", type=Path, help="a TensorBoard log directory (needs the tensorboard package)")
     _output(fit)
@@ -175,8 +187,10 @@ def _toy(args) -> int:
         metrics = run_toy(run, stage, device=device, progress=run.training.progress).metrics
     if metrics["status"] != "ok":
         raise _Failed(f"{metrics['error']}; recorded in {args.out / 'metrics.json'}")
-    _report(f"E = {metrics['E']:.4f}  E_sampled = {metrics['E_sampled']:.4f}  E_identity = {metrics['E_identity']:.4f}  "
-            f"train_seconds = {metrics['train_seconds']:.1f}  -> {args.out}")
+    _report(
+        f"E = {metrics['E']:.4f}  E_sampled = {metrics['E_sampled']:.4f}  E_identity = {metrics['E_identity']:.4f}  "
+        f"train_seconds = {metrics['train_seconds']:.1f}  -> {args.out}"
+    )
     return 0
 
 
@@ -188,12 +202,21 @@ def _mnist(args) -> int:
     run, device = _run(args), _training_device(args.device)
     data_dir = mnist_directory(args.data_dir)  # found, checked or downloaded before anything is written
     with _output_directory(args) as stage:
-        metrics = run_mnist(run, stage, repeats=args.repeats, data_dir=data_dir, jobs=args.jobs if world_size() == 1 else 1,
-                            device=str(device), progress=run.training.progress)
+        metrics = run_mnist(
+            run,
+            stage,
+            repeats=args.repeats,
+            data_dir=data_dir,
+            jobs=args.jobs if world_size() == 1 else 1,
+            device=str(device),
+            progress=run.training.progress,
+        )
     if metrics["svm_error"] is None:
         raise _Failed(f"all {args.repeats} repeats diverged; recorded in {args.out / 'metrics.json'}")
-    _report(f"linear-SVM test error {metrics['svm_error']:.2f} +- {metrics['svm_error_std']:.2f} % over {len(metrics['svm_errors'])} "
-            f"repeats ({metrics['failed_repeats']} failed), train_seconds = {metrics['train_seconds']:.1f}  -> {args.out}")
+    _report(
+        f"linear-SVM test error {metrics['svm_error']:.2f} +- {metrics['svm_error_std']:.2f} % over {len(metrics['svm_errors'])} "
+        f"repeats ({metrics['failed_repeats']} failed), train_seconds = {metrics['train_seconds']:.1f}  -> {args.out}"
+    )
     return 0
 
 
@@ -201,7 +224,7 @@ def _fit(args, given: dict) -> int:
     from ipae.checkpoint import read_metadata, save_model
     from ipae.data.arrays import load_array
     from ipae.fitting import fit, from_options, options_toml, read_options
-    from ipae.results import json_lines, write_atomic, write_json
+    from ipae.results import json_lines, tensorboard_writer, write_atomic, write_json
 
     options = {}
     if args.resume:  # the options it ran with, then --config, then the command line
@@ -219,7 +242,7 @@ def _fit(args, given: dict) -> int:
     x = load_array(options["data"], key=options.get("key"), max_ndim=4, mmap=True)
     config = TrainConfig(**{**config.to_dict(), "device": str(device), "progress": False if args.quiet else None})
     checkpoint = args.out.with_name(args.out.name + ".checkpoint")
-    tensorboard = _tensorboard_writer(args.tensorboard)  # the last check: it creates its directory
+    tensorboard = tensorboard_writer(args.tensorboard if is_main_process() else None)  # the last check: it creates its directory
     with _output_directory(args) as out, json_lines(out / "metrics.jsonl", args.log if is_main_process() else None) as log:
 
         def write_log(record: dict) -> None:
@@ -228,14 +251,24 @@ def _fit(args, given: dict) -> int:
                 tensorboard.add_scalar(f"train/{name}", record[name], record["step"])
 
         try:
-            model, result = fit(x, spec, config, seed=config.seed, resume=args.resume, checkpoint_dir=checkpoint,
-                                metadata={"fit": options}, on_log=write_log)
+            model, result = fit(
+                x,
+                spec,
+                config,
+                seed=config.seed,
+                resume=args.resume,
+                checkpoint_dir=checkpoint,
+                metadata={"fit": options},
+                on_log=write_log,
+            )
         except TrainingDiverged as diverged:
             kept = f"; the run up to its last checkpoint is in {checkpoint}" if checkpoint.exists() else ""
             raise _Failed(f"{diverged}; try a larger --beta or a smaller --lr (no model was written{kept})") from None
         except KeyboardInterrupt:
             if checkpoint.exists():
-                raise KeyboardInterrupt(f"the run so far is in {checkpoint}; continue it with `ipae fit --resume {checkpoint} --out {args.out}`") from None
+                raise KeyboardInterrupt(
+                    f"the run so far is in {checkpoint}; continue it with `ipae fit --resume {checkpoint} --out {args.out}`"
+                ) from None
             raise
         save_model(model, out, state=result.state, metadata={"fit": options})
         write_atomic(out / "config.toml", lambda tmp: tmp.write_text(options_toml(options)))
@@ -245,8 +278,10 @@ def _fit(args, given: dict) -> int:
         tensorboard.close()
     if is_main_process():
         shutil.rmtree(checkpoint, ignore_errors=True)
-    _report(f"{len(result.loss)} steps: loss {result.loss[-1]:.4g} (distortion {result.distortion[-1]:.4g}, rate {result.rate[-1]:.4g}), "
-            f"{result.seconds:.1f} s -> {args.out}")
+    _report(
+        f"{len(result.loss)} steps: loss {result.loss[-1]:.4g} (distortion {result.distortion[-1]:.4g}, rate {result.rate[-1]:.4g}), "
+        f"{result.seconds:.1f} s -> {args.out}"
+    )
     return 0
 
 
@@ -259,24 +294,9 @@ class _Failed(Exception):
     """A run that failed for a reason other than bad input (exit code 1)."""
 
 
-def _tensorboard_writer(directory: Path | None):
-    if directory is None or not is_main_process():
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-    return SummaryWriter(str(directory))
-
-
 def _training_device(name: str | None) -> torch.device:
     """The device to train on; under torchrun, this process joins the others (on CUDA, its own GPU)."""
-    device = resolve_device(name)
-    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    init_from_environment(device)
-    return device
+    return init_from_environment(resolve_device(name))
 
 
 @contextmanager
@@ -293,43 +313,41 @@ def _output_directory(args) -> Iterator[Path]:
 
 
 def _reproduce(args) -> int:
+    from ipae.data.mnist import mnist_directory
     from ipae.experiments import conv_mnist, figure1, figure2, rate_distortion
     from ipae.results import markdown_table, staged_directory
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launched():
         raise ValueError("ipae reproduce runs its grid in parallel itself (--jobs); start it without torchrun")
-    sweeps = {"figure2": figure2, "conv-mnist": conv_mnist}
-    if args.figure not in sweeps and (args.repeats is not None or args.data_dir is not None or args.resume):
+    sweep = args.figure in ("figure2", "conv-mnist")  # these write into --out as they go, so that they can be resumed
+    if not sweep and (args.repeats is not None or args.data_dir is not None or args.resume):
         raise ValueError("--repeats, --data-dir and --resume apply to figure2 and conv-mnist only")
-    device = resolve_device(args.device)
-    training = TrainConfig(steps=args.steps, precision=args.precision, compile=args.compile, progress=False)
+    if args.resume and args.overwrite:
+        raise ValueError("--resume keeps the finished runs in --out, --overwrite deletes them: choose one")
+    if sweep and args.out.exists() and not (args.resume or args.overwrite):
+        raise FileExistsError(f"{args.out} already exists; pass --resume to continue the sweep in it, or --overwrite to start again")
     common = {"jobs": args.jobs, "progress": False if args.quiet else None}
-    if args.figure in sweeps:  # these write into --out as they go, so that they can be resumed
-        from ipae.data.mnist import mnist_directory
-
-        if args.resume and args.overwrite:
-            raise ValueError("--resume keeps the finished runs in --out, --overwrite deletes them: choose one")
-        if args.out.exists() and not (args.resume or args.overwrite):
-            raise FileExistsError(f"{args.out} already exists; pass --resume to continue the sweep in it, or --overwrite to start again")
+    training = TrainConfig(steps=args.steps, precision=args.precision, compile=args.compile, progress=False)
+    device = resolve_device(args.device)
+    experiments = {
+        "figure1": (figure1, partial(figure1.reproduce_figure1, seed=args.seed, device=device)),
+        "rate-distortion": (rate_distortion, partial(rate_distortion.reproduce_rate_distortion, seed=args.seed, device=device)),
+        "figure2": (figure2, partial(figure2.reproduce_figure2, seed=args.seed, repeats=args.repeats or 10, device=device)),
+        "conv-mnist": (conv_mnist, partial(conv_mnist.reproduce_conv_mnist, seeds=args.repeats or 3)),
+    }
+    module, reproduce = experiments[args.figure]
+    if sweep:
         data_dir = mnist_directory(args.data_dir)  # found, checked or downloaded before anything is written
         if args.overwrite and args.out.exists():
             shutil.rmtree(args.out)
         try:
-            if args.figure == "figure2":
-                rows = figure2.reproduce_figure2(args.out, training, seed=args.seed, repeats=args.repeats or 10, data_dir=data_dir,
-                                                 device=device, **common)
-            else:
-                rows = conv_mnist.reproduce_conv_mnist(args.out, training, seeds=args.repeats or 3, data_dir=data_dir, **common)
+            rows = reproduce(args.out, training, data_dir=data_dir, **common)
         except KeyboardInterrupt:
             raise KeyboardInterrupt(f"the finished runs are kept in {args.out}: add --resume to continue") from None
-        module = sweeps[args.figure]
     else:
-        module, reproduce = {"figure1": (figure1, figure1.reproduce_figure1),
-                             "rate-distortion": (rate_distortion, rate_distortion.reproduce_rate_distortion)}[args.figure]
         with staged_directory(args.out, overwrite=args.overwrite) as stage:
-            rows = reproduce(stage, training, seed=args.seed, device=device, **common)
-    print(markdown_table(rows, module.COLUMNS), end="")
-    print(module.summary(rows) if hasattr(module, "summary") else "")
+            rows = reproduce(stage, training, **common)
+    print(markdown_table(rows, module.COLUMNS) + module.summary(rows))
     print(f"-> {args.out}")
     return 0
 
@@ -384,16 +402,14 @@ def _decode(args) -> int:
 
 @torch.no_grad()
 def _info(args) -> int:
-    from ipae.mixture import mutual_information
+    from ipae.mixture import REPORTED, estimates
 
     model, x = _load(args, "data")
     mu, logvar = model.double().encode(x.double())
-    generator = torch.Generator().manual_seed(args.seed)
-    methods = (("lower bound (Bhattacharyya)", "bhattacharyya"), (f"Monte Carlo ({args.samples} draws per point)", "mc"),
-               ("upper bound (pairwise KL)", "pairwise-kl"), ("Jensen bound (eq. 10 - D/2)", "jensen"))
+    found = estimates(mu, logvar, generator=torch.Generator().manual_seed(args.seed), n_samples=args.samples)
     print(f"I(x; z) in nats of {args.model_dir} on {mu.shape[0]} points of {args.data} (codes of dimension {mu.shape[1]}):")
-    for label, method in methods:
-        print(f"  {label:<33}{float(mutual_information(mu, logvar, method=method, generator=generator, n_samples=args.samples)):.4f}")
+    for method, label in REPORTED.items():
+        print(f"  {label + (f' ({args.samples} draws per point)' if method == 'mc' else ''):<48}{found[method]:.4f}")
     print(f"  log N, the most a mixture of N components can carry: {math.log(mu.shape[0]):.4f}")
     return 0
 
@@ -406,7 +422,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "fit":
             given = {k: v for k, v in vars(args).items() if k in FIT_OPTIONS and v is not None}  # the options given
             return _fit(args, given)
-        return {"toy": _toy, "mnist": _mnist, "reproduce": _reproduce, "info": _info, "encode": _encode, "decode": _decode}[args.command](args)
+        return {"toy": _toy, "mnist": _mnist, "reproduce": _reproduce, "info": _info, "encode": _encode, "decode": _decode}[args.command](
+            args
+        )
     except (ValueError, OSError) as error:  # bad input, missing or damaged files, failed downloads
         print(f"ipae: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -416,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:
         print(f"ipae: interrupted; {interrupt or 'nothing was written'}", file=sys.stderr)
         return 130
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,17 +15,25 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.nn.functional import all_gather
 
-__all__ = ["init_from_environment", "world_size", "rank", "is_main_process", "gather_batch", "average_over_processes"]
+__all__ = ["launched", "init_from_environment", "world_size", "rank", "is_main_process", "gather_batch", "average_over_processes"]
 
 
-def init_from_environment(device: torch.device) -> bool:
-    """Join the process group that torchrun describes in the environment (WORLD_SIZE > 1), with gloo
-    on the CPU and NCCL on CUDA. Returns whether this is a distributed run."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
+def launched() -> bool:
+    """Whether torchrun started this process as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_environment(device: torch.device) -> torch.device:
+    """Join the process group that torchrun describes in the environment, if any, with gloo on the CPU
+    and NCCL on CUDA, where each process takes its own GPU (LOCAL_RANK). Returns the device to train on."""
+    if not launched():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return True
+    return device
 
 
 def world_size() -> int:

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ipae.information import conditional_entropy, reparameterise
 
-__all__ = ["METHODS", "mixture_entropy", "mutual_information", "draw_mc_noise", "pairwise_kl", "bhattacharyya_distance"]
+__all__ = ["METHODS", "REPORTED", "estimates", "mixture_entropy", "mutual_information", "draw_mc_noise", "pairwise_kl", "bhattacharyya_distance"]
 
 CHUNK_SIZE = 1024  # 1024 x 1024 pairs a block: 8 MiB per float64 matrix
 
@@ -209,3 +209,13 @@ def mixture_entropy(
     the mean exact conditional entropy plus that method's I(x; z). (N, D), (N, D) -> scalar."""
     information = mutual_information(mu, logvar, method=method, generator=generator, n_samples=n_samples, chunk_size=chunk_size)
     return conditional_entropy(logvar).mean() + information
+
+
+# The estimates `ipae info` and the experiments report: the lower bound, Monte Carlo, the upper bounds.
+REPORTED = {"bhattacharyya": "lower bound (Bhattacharyya)", "mc": "Monte Carlo", "pairwise-kl": "upper bound (pairwise KL)",
+            "jensen": "Jensen bound (eq. 10 - D/2)"}
+
+
+def estimates(mu: Tensor, logvar: Tensor, *, generator: torch.Generator, n_samples: int) -> dict[str, float]:
+    """I(x; z) by every method of REPORTED, the Monte Carlo one with `n_samples` draws per point."""
+    return {method: float(mutual_information(mu, logvar, method=method, generator=generator, n_samples=n_samples)) for method in REPORTED}

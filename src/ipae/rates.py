@@ -50,9 +50,9 @@ class Rate(nn.Module):
 
     def forward(self, mu: Tensor, logvar: Tensor, z: Tensor, *, generator: torch.Generator | None = None, draws: Tensor | None = None) -> Tensor:
         """(B, D), (B, D), (K, B, D) or (B, D) -> scalar. `draws`: made by `sample` beforehand (else drawn here)."""
-        if mu.ndim != 2 or logvar.shape != mu.shape:
+        if mu.ndim != 2 or 0 in mu.shape or logvar.shape != mu.shape:
             raise ValueError(f"mu and logvar must both have shape (B, D), got {tuple(mu.shape)} and {tuple(logvar.shape)}")
-        if z.shape[-2:] != mu.shape:
+        if z.ndim not in (2, 3) or z.shape[-2:] != mu.shape:
             raise ValueError(f"z must have shape (K, B, D) or (B, D) with (B, D) = {tuple(mu.shape)}, got {tuple(z.shape)}")
         if draws is None:
             draws = self.sample(mu.shape, generator, mu.dtype, mu.device)

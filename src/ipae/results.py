@@ -18,6 +18,7 @@ __all__ = [
     "write_json",
     "json_lines",
     "save_png",
+    "tensorboard_writer",
     "staged_directory",
     "write_table",
     "markdown_table",
@@ -83,6 +84,17 @@ def json_lines(*paths: Path | None) -> Iterator[Callable[[dict], None]]:
                 file.flush()
 
         yield write
+
+
+def tensorboard_writer(directory: str | Path | None):
+    """A TensorBoard SummaryWriter for `directory` (None: None); a clear error without tensorboard."""
+    if directory is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError("TensorBoard logs need the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(str(directory))
 
 
 def save_png(figure, path: str | Path) -> None:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ipae import distributed
 from ipae.checkpoint import TrainState, load_model_weights, load_state, save_model
-from ipae.data.arrays import release
+from ipae.data.arrays import RowReader, release
 from ipae.models import AutoEncoder
 from ipae.results import staged_directory
 
@@ -209,7 +209,7 @@ class _Indexed:
         self.indices = indices[:, rank * self.local_batch : (rank + 1) * self.local_batch].contiguous()  # (steps, local batch)
         self.device, self.dtype = device, dtype
         if isinstance(data, np.memmap):  # checked batch by batch: a whole pass would read a file larger than RAM
-            self.read = functools.partial(_memmap_rows, data)
+            self.read = functools.partial(_memmap_rows, RowReader(data) if data.flags.c_contiguous else data)
         elif isinstance(data, (Tensor, np.ndarray)):
             tensor = torch.from_numpy(np.ascontiguousarray(data)) if isinstance(data, np.ndarray) else data
             _check_array(tensor)
@@ -232,11 +232,14 @@ def _check_array(data: Tensor) -> None:
     _check_finite(data, "data")
 
 
-def _memmap_rows(data: np.memmap, index: Tensor) -> Tensor:
-    """The rows of a memory-mapped array, copied, its pages then dropped from this process: what keeps
-    the resident size of training on a file larger than RAM at the size of a batch."""
-    rows = torch.from_numpy(np.take(data, index.numpy(), axis=0))
-    release(data)
+def _memmap_rows(data: RowReader | np.memmap, index: Tensor) -> Tensor:
+    """The rows of a memory-mapped array: read from its file (`RowReader`), or for an array that is not
+    C-contiguous taken from the mapping, whose pages are then dropped from this process."""
+    if isinstance(data, RowReader):
+        rows = torch.from_numpy(data(index.numpy()))
+    else:
+        rows = torch.from_numpy(np.take(data, index.numpy(), axis=0))
+        release(data)
     _check_finite(rows, "a batch of the data")
     return rows
 

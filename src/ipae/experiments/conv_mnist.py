@@ -25,7 +25,7 @@ from ipae.data.mnist import load_mnist
 from ipae.evaluation import linear_svm_error
 from ipae.experiments.parallel import map_runs
 from ipae.experiments.runs import Run, child_seeds
-from ipae.mixture import mutual_information
+from ipae.mixture import estimates
 from ipae.models import AutoEncoder
 from ipae.rates import InformationPotential, PriorKL
 from ipae.results import json_lines, staged_directory, write_json, write_table
@@ -78,10 +78,8 @@ def run_conv(run: Run, data_dir: Path | None, out: Path) -> dict:
     test_mu, test_logvar = _encode(model, _images(data.x_test))
     generator = torch.Generator().manual_seed(info_seed)
     which = torch.randperm(len(test_mu), generator=generator)[:INFORMATION_POINTS]
-    information = {
-        name: float(mutual_information(test_mu[which], test_logvar[which], method=method, generator=generator, n_samples=MC_SAMPLES))
-        for name, method in (("I_mc", "mc"), ("I_lower", "bhattacharyya"), ("I_upper", "pairwise-kl"))
-    }
+    found = estimates(test_mu[which], test_logvar[which], generator=generator, n_samples=MC_SAMPLES)
+    information = {"I_mc": found["mc"], "I_lower": found["bhattacharyya"], "I_upper": found["pairwise-kl"]}
     metrics |= {
         "status": "ok",
         "svm_error": linear_svm_error(train_mu.numpy(), data.y_train, test_mu.numpy(), data.y_test),
@@ -127,3 +125,9 @@ def reproduce_conv_mnist(
     )
     write_table(out, "conv_mnist", rows, COLUMNS, note=note)
     return rows
+
+
+def summary(rows: list[dict]) -> str:
+    """One line: each rate's mean error and I(x; z)."""
+    parts = [f"{row['rate']} {row['svm_error']:.2f} % at I = {row['I_mc']:.2f} nats" for row in rows if row["svm_error"] is not None]
+    return "Linear-SVM test error: " + ("; ".join(parts) if parts else "no run succeeded") + "."
