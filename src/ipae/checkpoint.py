@@ -112,9 +112,13 @@ def load_model(directory: str | Path, *, encoder: nn.Module | None = None, decod
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{path}: not a valid model description ({error})") from None
     if architecture is None and (encoder is None or decoder is None):
-        raise ValueError(f"{directory}: the model has networks of its own; load it with encoder= and decoder= modules built as when it was saved")
+        raise ValueError(
+            f"{directory}: the model has networks of its own; load it with encoder= and decoder= modules built as when it was saved"
+        )
     if architecture is not None and (encoder is not None or decoder is not None):
-        raise ValueError(f"{directory}: the model's networks are built from its {fields['architecture']['kind']} architecture; pass no encoder or decoder")
+        raise ValueError(
+            f"{directory}: the model's networks are built from its architecture ({fields['architecture']['kind']}); pass no encoder or decoder"
+        )
     try:
         model = AutoEncoder(encoder, decoder, **options) if architecture is None else AutoEncoder.from_architecture(architecture, **options)
     except (ValueError, TypeError) as error:

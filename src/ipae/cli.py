@@ -377,26 +377,20 @@ def _save_npy(array: np.ndarray, path: Path) -> None:
 
 
 @torch.no_grad()
-def _encode(args) -> int:
+def _transform(args) -> int:
+    """`encode` (the means, or sampled codes) and `decode` (the decoded means), into a .npy file."""
     from ipae.information import reparameterise
     from ipae.results import write_atomic
 
-    model, x = _load(args, "data")
-    mu, logvar = model.encode(x)
-    codes = reparameterise(mu, logvar, torch.randn(mu.shape, generator=torch.Generator().manual_seed(args.seed))) if args.sampled else mu
-    write_atomic(args.out, partial(_save_npy, codes.numpy()))
-    print(f"{codes.shape[0]} codes of dimension {codes.shape[1]} -> {args.out}")
-    return 0
-
-
-@torch.no_grad()
-def _decode(args) -> int:
-    from ipae.results import write_atomic
-
-    model, z = _load(args, "codes")
-    x = model.decode(z)
-    write_atomic(args.out, partial(_save_npy, x.numpy()))
-    print(f"{x.shape[0]} reconstructions of shape {tuple(x.shape[1:])} -> {args.out}")
+    model, array = _load(args, "data" if args.command == "encode" else "codes")
+    if args.command == "decode":
+        result, what = model.decode(array), "reconstructions"
+    else:
+        mu, logvar = model.encode(array)
+        noise = torch.randn(mu.shape, generator=torch.Generator().manual_seed(args.seed))
+        result, what = (reparameterise(mu, logvar, noise) if args.sampled else mu), "codes"
+    write_atomic(args.out, partial(_save_npy, result.numpy()))
+    print(f"{result.shape[0]} {what} of shape {tuple(result.shape[1:])} -> {args.out}")
     return 0
 
 
@@ -422,9 +416,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "fit":
             given = {k: v for k, v in vars(args).items() if k in FIT_OPTIONS and v is not None}  # the options given
             return _fit(args, given)
-        return {"toy": _toy, "mnist": _mnist, "reproduce": _reproduce, "info": _info, "encode": _encode, "decode": _decode}[args.command](
-            args
-        )
+        return {"toy": _toy, "mnist": _mnist, "reproduce": _reproduce, "info": _info, "encode": _transform, "decode": _transform}[
+            args.command
+        ](args)
     except (ValueError, OSError) as error:  # bad input, missing or damaged files, failed downloads
         print(f"ipae: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -8,6 +8,7 @@ gives the decoded means and `score` the negative mean training objective.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import replace
 from numbers import Integral, Real
 from pathlib import Path
@@ -41,6 +42,47 @@ class FitDiverged(TrainingDiverged):
         self.args = (f"{estimator_name}.fit: {error}. Try a smaller lr or a larger beta, or standardise X (e.g. with StandardScaler)",)
 
 
+# The parameters IPAE and BetaVAE share, after n_components and their own (beta; IPAE's n_partners), with
+# their defaults: the paper's toy model and training (ipae.fitting.ModelSpec, ipae.train.TrainConfig).
+SHARED_PARAMETERS = {
+    "hidden": (2048,),
+    "activation": "relu",
+    "distortion": "mse",
+    "steps": 5000,
+    "batch_size": 512,
+    "lr": 1e-3,
+    "precision": "fp32",
+    "compile": False,
+    "device": None,
+    "random_state": None,
+    "progress": False,
+    "checkpoint_dir": None,
+    "checkpoint_every": None,
+}
+
+
+def _parameters(**own):
+    """An `__init__(self, n_components=16, *, **own, **SHARED_PARAMETERS)` that only stores its
+    arguments, as scikit-learn asks; its signature (which scikit-learn reads) names every parameter."""
+    keywords = {**own, **SHARED_PARAMETERS}
+    signature = inspect.Signature(
+        [
+            inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+            inspect.Parameter("n_components", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=16),
+        ]
+        + [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=value) for name, value in keywords.items()]
+    )
+
+    def __init__(self, *args, **kwargs) -> None:
+        bound = signature.bind(self, *args, **kwargs)  # TypeError for an unknown parameter, as a plain __init__ gives
+        bound.apply_defaults()
+        for name, value in list(bound.arguments.items())[1:]:
+            setattr(self, name, value)
+
+    __init__.__signature__ = signature
+    return __init__
+
+
 class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """What IPAE and BetaVAE share; a subclass names its rate term and that rate's options."""
 
@@ -63,41 +105,6 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         "checkpoint_dir": [str, Path, None],
         "checkpoint_every": [Interval(Integral, 1, None, closed="left"), None],
     }
-
-    def __init__(
-        self,
-        n_components: int,
-        *,
-        beta: float,
-        hidden: tuple[int, ...],
-        activation: str,
-        distortion: str,
-        steps: int,
-        batch_size: int,
-        lr: float,
-        precision: str,
-        compile: bool,
-        device: str | torch.device | None,
-        random_state: int | np.random.RandomState | None,
-        progress: bool,
-        checkpoint_dir: str | Path | None,
-        checkpoint_every: int | None,
-    ) -> None:
-        self.n_components = n_components
-        self.beta = beta
-        self.hidden = hidden
-        self.activation = activation
-        self.distortion = distortion
-        self.steps = steps
-        self.batch_size = batch_size
-        self.lr = lr
-        self.precision = precision
-        self.compile = compile
-        self.device = device
-        self.random_state = random_state
-        self.progress = progress
-        self.checkpoint_dir = checkpoint_dir
-        self.checkpoint_every = checkpoint_every
 
     def _rate_options(self) -> dict:
         """The options of the rate term, from the estimator's parameters."""
@@ -143,7 +150,9 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         )
         data = torch.from_numpy(X if X.flags.writeable else X.copy())  # torch warns on read-only arrays
         try:
-            resume = self.checkpoint_dir if self.checkpoint_dir is not None and has_state(self.checkpoint_dir) else None  # a killed fit goes on
+            resume = (
+                self.checkpoint_dir if self.checkpoint_dir is not None and has_state(self.checkpoint_dir) else None
+            )  # a killed fit goes on
             model, result = fit(data, self._spec(), config, seed=seed, resume=resume, checkpoint_dir=self.checkpoint_dir)
         except TrainingDiverged as error:
             raise FitDiverged(type(self).__name__, error) from error
@@ -260,44 +269,7 @@ class IPAE(_AutoEncoderTransformer):
         "n_partners": [Interval(Integral, 1, None, closed="left"), None],
     }
 
-    def __init__(
-        self,
-        n_components: int = 16,
-        *,
-        beta: float = 0.01,
-        n_partners: int | None = 1,
-        hidden: tuple[int, ...] = (2048,),
-        activation: str = "relu",
-        distortion: str = "mse",
-        steps: int = 5000,
-        batch_size: int = 512,
-        lr: float = 1e-3,
-        precision: str = "fp32",
-        compile: bool = False,
-        device: str | torch.device | None = None,
-        random_state: int | np.random.RandomState | None = None,
-        progress: bool = False,
-        checkpoint_dir: str | Path | None = None,
-        checkpoint_every: int | None = None,
-    ) -> None:
-        super().__init__(
-            n_components,
-            beta=beta,
-            hidden=hidden,
-            activation=activation,
-            distortion=distortion,
-            steps=steps,
-            batch_size=batch_size,
-            lr=lr,
-            precision=precision,
-            compile=compile,
-            device=device,
-            random_state=random_state,
-            progress=progress,
-            checkpoint_dir=checkpoint_dir,
-            checkpoint_every=checkpoint_every,
-        )
-        self.n_partners = n_partners
+    __init__ = _parameters(beta=0.01, n_partners=1)
 
     def _rate_options(self) -> dict:
         return {"n_partners": None if self.n_partners is None else int(self.n_partners)}
@@ -309,42 +281,7 @@ class BetaVAE(_AutoEncoderTransformer):
 
     _rate = "vae"
 
-    def __init__(
-        self,
-        n_components: int = 16,
-        *,
-        beta: float = 1.0,
-        hidden: tuple[int, ...] = (2048,),
-        activation: str = "relu",
-        distortion: str = "mse",
-        steps: int = 5000,
-        batch_size: int = 512,
-        lr: float = 1e-3,
-        precision: str = "fp32",
-        compile: bool = False,
-        device: str | torch.device | None = None,
-        random_state: int | np.random.RandomState | None = None,
-        progress: bool = False,
-        checkpoint_dir: str | Path | None = None,
-        checkpoint_every: int | None = None,
-    ) -> None:
-        super().__init__(
-            n_components,
-            beta=beta,
-            hidden=hidden,
-            activation=activation,
-            distortion=distortion,
-            steps=steps,
-            batch_size=batch_size,
-            lr=lr,
-            precision=precision,
-            compile=compile,
-            device=device,
-            random_state=random_state,
-            progress=progress,
-            checkpoint_dir=checkpoint_dir,
-            checkpoint_every=checkpoint_every,
-        )
+    __init__ = _parameters(beta=1.0)
 
 
 ESTIMATORS: dict[str, type[_AutoEncoderTransformer]] = {"IPAE": IPAE, "BetaVAE": BetaVAE}
@@ -390,7 +327,12 @@ def load_estimator(directory: str | Path) -> IPAE | BetaVAE:
     architecture = expected.architecture((n_features_in,)).to_dict()
     rate = spec(create(expected.rate, **expected.rate_options))
     saved = model_record(model)
-    if (saved["architecture"], saved["rate"], saved["distortion"], saved["beta"]) != (architecture, rate, expected.distortion, expected.beta):
+    if (saved["architecture"], saved["rate"], saved["distortion"], saved["beta"]) != (
+        architecture,
+        rate,
+        expected.distortion,
+        expected.beta,
+    ):
         raise ValueError(f"{directory}: the model {saved} does not match the estimator's parameters {params}")
     estimator.model_ = model.to(estimator._inference_device()).eval()
     estimator.n_features_in_ = n_features_in

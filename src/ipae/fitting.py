@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ipae.models import AutoEncoder
@@ -45,7 +44,9 @@ class ModelSpec:
         if self.rate not in RATES:
             raise ValueError(f"unknown rate {self.rate!r}; choose from {', '.join(RATES)}")
         create(self.rate, **self.rate_options)  # checks the options
-        if self.beta is not None and (isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not 0 <= self.beta < math.inf):
+        if self.beta is not None and (
+            isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not 0 <= self.beta < math.inf
+        ):
             raise ValueError(f"beta must be a finite number >= 0, got {self.beta!r}")
 
     def architecture(self, sample_shape: tuple[int, ...]) -> MLP | Conv:

@@ -103,7 +103,9 @@ def information_potential(mu: Tensor, logvar: Tensor, z: Tensor, partners: Tenso
     return 0.5 * weighted.sum(dim=3).mean(dim=(0, 2))
 
 
-def draw_partners(batch_size: int, n_partners: int, generator: torch.Generator | None = None, device: torch.device | str | None = None) -> Tensor:
+def draw_partners(
+    batch_size: int, n_partners: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+) -> Tensor:
     """Draw `n_partners` partners per sample, uniformly with replacement from the whole batch.
 
     Each sample itself is a possible partner, so that the expectation of `information_potential`

@@ -26,7 +26,16 @@ from torch import Tensor
 
 from ipae.information import conditional_entropy, reparameterise
 
-__all__ = ["METHODS", "REPORTED", "estimates", "mixture_entropy", "mutual_information", "draw_mc_noise", "pairwise_kl", "bhattacharyya_distance"]
+__all__ = [
+    "METHODS",
+    "REPORTED",
+    "estimates",
+    "mixture_entropy",
+    "mutual_information",
+    "draw_mc_noise",
+    "pairwise_kl",
+    "bhattacharyya_distance",
+]
 
 CHUNK_SIZE = 1024  # 1024 x 1024 pairs a block: 8 MiB per float64 matrix
 
@@ -196,24 +205,21 @@ def draw_mc_noise(mu: Tensor, n_samples: int, generator: torch.Generator | None)
     return torch.randn((n_samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
 
 
-def mixture_entropy(
-    mu: Tensor,
-    logvar: Tensor,
-    *,
-    method: str,
-    generator: torch.Generator | None = None,
-    n_samples: int = 1,
-    chunk_size: int = CHUNK_SIZE,
-) -> Tensor:
-    """H(z) in nats of the mixture of N(mu_i, diag exp(logvar_i)), by `method` (see `mutual_information`):
-    the mean exact conditional entropy plus that method's I(x; z). (N, D), (N, D) -> scalar."""
-    information = mutual_information(mu, logvar, method=method, generator=generator, n_samples=n_samples, chunk_size=chunk_size)
+def mixture_entropy(mu: Tensor, logvar: Tensor, **options) -> Tensor:
+    """H(z) in nats of the mixture of N(mu_i, diag exp(logvar_i)): the mean exact conditional entropy plus
+    I(x; z) by `mutual_information(mu, logvar, **options)` (method=..., generator, n_samples, chunk_size).
+    (N, D), (N, D) -> scalar."""
+    information = mutual_information(mu, logvar, **options)
     return conditional_entropy(logvar).mean() + information
 
 
 # The estimates `ipae info` and the experiments report: the lower bound, Monte Carlo, the upper bounds.
-REPORTED = {"bhattacharyya": "lower bound (Bhattacharyya)", "mc": "Monte Carlo", "pairwise-kl": "upper bound (pairwise KL)",
-            "jensen": "Jensen bound (eq. 10 - D/2)"}
+REPORTED = {
+    "bhattacharyya": "lower bound (Bhattacharyya)",
+    "mc": "Monte Carlo",
+    "pairwise-kl": "upper bound (pairwise KL)",
+    "jensen": "Jensen bound (eq. 10 - D/2)",
+}
 
 
 def estimates(mu: Tensor, logvar: Tensor, *, generator: torch.Generator, n_samples: int) -> dict[str, float]:

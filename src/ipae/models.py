@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ipae.information import reparameterise
 from ipae.networks import MLP, Conv
-from ipae.rates import InformationPotential, Rate, create
+from ipae.rates import Rate, create
 
 __all__ = ["AutoEncoder", "LossTerms", "Noise", "Preset", "PRESETS", "DISTORTIONS", "LOGVAR_LIMIT"]
 
@@ -118,7 +118,9 @@ class AutoEncoder(nn.Module):
             raise ValueError(f"unknown distortion {distortion!r}; choose from {', '.join(DISTORTIONS)}")
         if isinstance(beta, bool) or not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta >= 0):
             raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
-        if logvar_limit is not None and (isinstance(logvar_limit, bool) or not (isinstance(logvar_limit, (int, float)) and 0 < logvar_limit < math.inf)):
+        if logvar_limit is not None and (
+            isinstance(logvar_limit, bool) or not (isinstance(logvar_limit, (int, float)) and 0 < logvar_limit < math.inf)
+        ):
             raise ValueError(f"logvar_limit must be a finite number > 0 or None, got {logvar_limit!r}")
         self.encoder, self.decoder, self.rate = encoder, decoder, rate
         self.distortion, self.beta, self.logvar_limit, self.architecture = distortion, float(beta), logvar_limit, architecture

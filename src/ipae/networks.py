@@ -116,7 +116,9 @@ class _ConvDecoder(nn.Module):
             # (in - 1) * 2 - 2 + 4 = 2 * in; output_padding restores an odd size that the encoder halved down
             padding = (large[0] - 2 * small[0], large[1] - 2 * small[1])
             last = index == len(sizes) - 2
-            layers.append(nn.ConvTranspose2d(width, channels if last else width, kernel_size=4, stride=2, padding=1, output_padding=padding))
+            layers.append(
+                nn.ConvTranspose2d(width, channels if last else width, kernel_size=4, stride=2, padding=1, output_padding=padding)
+            )
             if not last:
                 layers.append(nn.ReLU())
         self.deconvolutions = nn.Sequential(*layers)

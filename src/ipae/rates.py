@@ -48,7 +48,9 @@ class Rate(nn.Module):
         """The random draws of one batch of codes of `shape` (B, D); None for a deterministic rate."""
         return None
 
-    def forward(self, mu: Tensor, logvar: Tensor, z: Tensor, *, generator: torch.Generator | None = None, draws: Tensor | None = None) -> Tensor:
+    def forward(
+        self, mu: Tensor, logvar: Tensor, z: Tensor, *, generator: torch.Generator | None = None, draws: Tensor | None = None
+    ) -> Tensor:
         """(B, D), (B, D), (K, B, D) or (B, D) -> scalar. `draws`: made by `sample` beforehand (else drawn here)."""
         if mu.ndim != 2 or 0 in mu.shape or logvar.shape != mu.shape:
             raise ValueError(f"mu and logvar must both have shape (B, D), got {tuple(mu.shape)} and {tuple(logvar.shape)}")

@@ -144,7 +144,7 @@ def _warn_emulated_bf16(device_type: str) -> None:  # once per process and devic
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """"fp32" or "bf16": "auto" is bf16 where `native_bf16(device)`, else fp32; "bf16" where it is not
+    """ "fp32" or "bf16": "auto" is bf16 where `native_bf16(device)`, else fp32; "bf16" where it is not
     native warns (once) that it will be slower."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
@@ -348,13 +348,19 @@ def train(
     source = _source(data, config, device, dtype)
     settings = {**source.settings, "lr": config.lr, "n_samples": config.n_samples, "seed": config.seed, "precision": precision}
     if resume is not None and resume.settings != settings:
-        differing = ", ".join(f"{key} {resume.settings.get(key)!r} then, {value!r} now" for key, value in settings.items() if resume.settings.get(key) != value)
+        differing = ", ".join(
+            f"{key} {resume.settings.get(key)!r} then, {value!r} now"
+            for key, value in settings.items()
+            if resume.settings.get(key) != value
+        )
         raise ValueError(f"cannot continue the run with other settings: {differing}")
 
     if checkpoint_dir is not None and config.checkpoint_every is not None:
         target = Path(checkpoint_dir)
         if target.exists() and not (target / "model.json").is_file() and (not target.is_dir() or any(target.iterdir())):
-            raise ValueError(f"{target}: exists and is not a model directory; checkpoints replace it, so name a new or a checkpoint directory")
+            raise ValueError(
+                f"{target}: exists and is not a model directory; checkpoints replace it, so name a new or a checkpoint directory"
+            )
     step_model = model if processes == 1 else DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     objective = torch.compile(model.objective, dynamic=False) if config.compile else step_model
     gather = distributed.gather_batch if processes > 1 else None
@@ -430,7 +436,9 @@ def _code_size(model: AutoEncoder, batch: Tensor) -> int:
     finally:
         model.train()
     if mu.ndim != 2 or logvar.shape != mu.shape:
-        raise ValueError(f"the encoder must return (mu, logvar), each (B, D); it returned shapes {tuple(mu.shape)} and {tuple(logvar.shape)}")
+        raise ValueError(
+            f"the encoder must return (mu, logvar), each (B, D); it returned shapes {tuple(mu.shape)} and {tuple(logvar.shape)}"
+        )
     return mu.shape[1]
 
 

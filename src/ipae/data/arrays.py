@@ -153,7 +153,7 @@ class RowReader:
         self.position = mapping_start + array.ctypes.data - base  # of row 0 in the file
         self.row_shape, self.dtype = array.shape[1:], array.dtype
         self.row_bytes = array.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
-        self.file = open(array.filename, "rb")  # noqa: SIM115: lives as long as the reader
+        self.file = open(array.filename, "rb")  # open as long as the reader lives
 
     def __call__(self, index: np.ndarray) -> np.ndarray:
         """Rows `index` (k,), in that order: (k, ...)."""

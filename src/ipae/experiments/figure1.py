@@ -28,7 +28,9 @@ COLUMNS = ("rate", "options", "beta", "steps", "seed", "precision", "status", "E
 
 def figure1_runs(training: TrainConfig, *, seed: int = 0) -> list[Run]:
     """The grid: the VAE at VAE_BETAS, IPAE (N_j = 1) at IPAE_BETAS, each trained as `training` says."""
-    return [Run(PriorKL(), beta, seed, training) for beta in VAE_BETAS] + [Run(InformationPotential(1), beta, seed, training) for beta in IPAE_BETAS]
+    return [Run(PriorKL(), beta, seed, training) for beta in VAE_BETAS] + [
+        Run(InformationPotential(1), beta, seed, training) for beta in IPAE_BETAS
+    ]
 
 
 def _run_into(runs_directory: Path, device: torch.device | str | None, run: Run) -> ToyOutcome:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -112,7 +111,9 @@ def summary(rows: list[dict]) -> str:
             best[row["rate"]] = row
     parts = [f"{rate} {row['svm_error']:.2f} % ({_cell_label(row)})" for rate, row in best.items()]
     line = "Lowest mean test error: " + ("; ".join(parts) if parts else "no repeat succeeded") + "."
-    paper_cell = next((row for row in done if row["rate"] == "ip" and row["beta"] == IPAE_BETAS[0] and row["options"] == "n_partners=8"), None)
+    paper_cell = next(
+        (row for row in done if row["rate"] == "ip" and row["beta"] == IPAE_BETAS[0] and row["options"] == "n_partners=8"), None
+    )
     if paper_cell is not None and "vae" in best:
         verdict = "below" if paper_cell["svm_error"] < best["vae"]["svm_error"] else "not below"
         line += f" IPAE with β = 1e-5, N_j = 8: {paper_cell['svm_error']:.2f} %, {verdict} the best VAE."

@@ -116,7 +116,8 @@ def first_successful_repeat(results: list[dict]) -> int | None:
 
 def title(run: Run, metrics: dict) -> str:
     options = run.row()["options"]
-    return f"{run.rate.name} β={run.beta:g}{' ' + options if options else ''}\nerr {metrics['svm_error']:.2f} ± {metrics['svm_error_std']:.2f} %"
+    error = f"err {metrics['svm_error']:.2f} ± {metrics['svm_error_std']:.2f} %"
+    return f"{run.rate.name} β={run.beta:g}{' ' + options if options else ''}\n{error}"
 
 
 def draw_codes(axes, pca: dict, *, title: str) -> None:

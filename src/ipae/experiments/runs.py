@@ -33,7 +33,14 @@ class Run:
         """The columns a results table shows of the configuration."""
         options = ", ".join(f"{key}={'all' if value is None else value}" for key, value in spec(self.rate).items() if key != "name")
         training = self.training
-        return {"rate": self.rate.name, "options": options, "beta": self.beta, "steps": training.steps, "seed": self.seed, "precision": training.precision}
+        return {
+            "rate": self.rate.name,
+            "options": options,
+            "beta": self.beta,
+            "steps": training.steps,
+            "seed": self.seed,
+            "precision": training.precision,
+        }
 
     def describe(self) -> dict:
         """The configuration as JSON."""
