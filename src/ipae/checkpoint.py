@@ -117,7 +117,7 @@ def load_model(directory: str | Path, *, encoder: nn.Module | None = None, decod
         )
     if architecture is not None and (encoder is not None or decoder is not None):
         raise ValueError(
-            f"{directory}: the model's networks are built from its architecture ({fields['architecture']['kind']}); pass no encoder or decoder"
+            f"{directory}: the model builds its own networks ({fields['architecture']['kind']}); pass no encoder or decoder"
         )
     try:
         model = AutoEncoder(encoder, decoder, **options) if architecture is None else AutoEncoder.from_architecture(architecture, **options)
