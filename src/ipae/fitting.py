@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ipae.data.arrays import value_range
 from ipae.models import AutoEncoder
 from ipae.networks import ARCHITECTURES, MLP, Conv
 from ipae.rates import RATES, create
@@ -85,7 +86,7 @@ def fit(
     if data.ndim < 2 or len(data) == 0:
         raise ValueError(f"data must be a non-empty array (N, ...) of samples, got shape {tuple(data.shape)}")
     if spec.distortion == "bernoulli":  # a memmap too: `ipae fit` passes every .npy memory-mapped
-        low, high = float(data.min()), float(data.max())
+        low, high = value_range(data.numpy() if isinstance(data, torch.Tensor) else data)
         if low < 0 or high > 1:
             raise ValueError(f"the bernoulli distortion needs data in [0, 1]; got values in [{low:g}, {high:g}]")
     model = build_model(spec, tuple(data.shape[1:]), seed=seed)

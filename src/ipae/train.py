@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 from tqdm.auto import tqdm
 
-from ipae import distributed
+import ipae.distributed as distributed
 from ipae.checkpoint import TrainState, load_model_weights, load_state, save_model
 from ipae.data.arrays import RowReader, release
 from ipae.models import AutoEncoder

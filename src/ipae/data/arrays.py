@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_array", "release", "RowReader", "MMAP_BYTES"]
+__all__ = ["load_array", "chunks", "value_range", "release", "RowReader", "MMAP_BYTES"]
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 MMAP_BYTES = 1 << 30  # a .npy file larger than this is read batch by batch; a smaller one is loaded (faster batches)
@@ -49,15 +49,27 @@ def load_array(path: str | Path, *, key: str | None = None, max_ndim: int = 2, m
     if 0 in array.shape[1:]:
         raise ValueError(f"{path}: the array has no features (columns)")
     if array.dtype.kind == "f":
-        rows = max(1, (64 << 20) // max(1, array[0].nbytes))  # 64 MiB at a time
-        for start in range(0, len(array), rows):
-            chunk = array[start : start + rows]
+        for chunk in chunks(array):
             if not np.isfinite(chunk).all():
                 raise ValueError(f"{path}: the array contains NaN or infinite values")
             if (np.abs(chunk) > _FLOAT32_MAX).any():  # the cast would turn these into inf
                 raise ValueError(f"{path}: the array has values beyond the float32 range (+-{_FLOAT32_MAX:.3g})")
-            release(array)
     return array if isinstance(array, np.memmap) else array.astype(np.float32)
+
+
+def chunks(array: np.ndarray, nbytes: int = 64 << 20):
+    """The array in runs of rows of about `nbytes` (64 MiB); a memory-mapped array's pages are dropped
+    from this process after each, so a pass over a file larger than memory stays small."""
+    rows = max(1, nbytes // max(1, array[0].nbytes))
+    for start in range(0, len(array), rows):
+        yield array[start : start + rows]
+        release(array)
+
+
+def value_range(array: np.ndarray) -> tuple[float, float]:
+    """(min, max) of an array, a memory-mapped one included, a chunk at a time."""
+    lows, highs = zip(*((float(chunk.min()), float(chunk.max())) for chunk in chunks(array)), strict=True)
+    return min(lows), max(highs)
 
 
 def release(array: np.ndarray) -> None:

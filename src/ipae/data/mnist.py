@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from ipae import __version__
+from ipae._version import __version__
 from ipae.results import write_atomic
 
 __all__ = [
