@@ -123,12 +123,15 @@ def load_model(directory: str | Path, *, encoder: nn.Module | None = None, decod
         model = AutoEncoder(encoder, decoder, **options) if architecture is None else AutoEncoder.from_architecture(architecture, **options)
     except (ValueError, TypeError) as error:
         raise ValueError(f"{path}: not a valid model description ({error})") from None
-    _load_weights(model, directory)
+    weights = _load_tensors(directory / "model.safetensors")
+    dtypes = {tensor.dtype for tensor in weights.values() if tensor.is_floating_point()}
+    if len(dtypes) == 1:
+        model.to(dtypes.pop())  # a float64 model loads as float64
+    _load_weights(model, directory, weights)
     return model.eval()
 
 
-def _load_weights(model: AutoEncoder, directory: Path) -> None:
-    weights = _load_tensors(directory / "model.safetensors")
+def _load_weights(model: AutoEncoder, directory: Path, weights: dict[str, torch.Tensor]) -> None:
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     found = {name: tuple(tensor.shape) for name, tensor in weights.items()}
     if found != expected:
@@ -148,7 +151,7 @@ def load_model_weights(model: AutoEncoder, directory: str | Path) -> None:
     saved = _read_record(directory)["model"]
     if saved != model_record(model):
         raise ValueError(f"{directory}: holds another model ({saved}) than the one to continue ({model_record(model)})")
-    _load_weights(model, directory)
+    _load_weights(model, directory, _load_tensors(directory / "model.safetensors"))
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
