@@ -47,7 +47,10 @@ def runs(tmp_path_factory):
     torch.set_num_threads(1)  # as torchrun sets its workers; a tiny model gains nothing from threads
     try:
         for n_partners in PARTNERS:
-            assert main([*_fit_options(directory / "x.npy", n_partners), "--batch-size", "40", "--out", str(directory / f"one-{n_partners}")]) == 0
+            assert (
+                main([*_fit_options(directory / "x.npy", n_partners), "--batch-size", "40", "--out", str(directory / f"one-{n_partners}")])
+                == 0
+            )
     finally:
         torch.set_num_threads(threads)
     return directory, two.stdout

@@ -108,7 +108,9 @@ def _pairwise_kl_rate_by_loops(mu: torch.Tensor, logvar: torch.Tensor) -> float:
     for i in range(b):
         terms = []
         for j in range(b):
-            kl = 0.5 * sum(lv[j][c] - lv[i][c] + (math.exp(lv[i][c]) + (m[i][c] - m[j][c]) ** 2) / math.exp(lv[j][c]) - 1.0 for c in range(d))
+            kl = 0.5 * sum(
+                lv[j][c] - lv[i][c] + (math.exp(lv[i][c]) + (m[i][c] - m[j][c]) ** 2) / math.exp(lv[j][c]) - 1.0 for c in range(d)
+            )
             terms.append(math.exp(-kl))
         total += math.log(sum(terms) / b)
     return -total / b
@@ -196,7 +198,10 @@ def test_rate_may_be_a_name_or_an_object():
     )
     # "ip" by name is InformationPotential(n_partners=1): the same draws give the same loss, all pairs another
     x = _data("mse", shape=(2, 3, 3))
-    losses = [AutoEncoder(encoder, decoder, rate=r).loss(x, generator=_generator(1)).loss for r in ("ip", InformationPotential(1), InformationPotential(None))]
+    losses = [
+        AutoEncoder(encoder, decoder, rate=r).loss(x, generator=_generator(1)).loss
+        for r in ("ip", InformationPotential(1), InformationPotential(None))
+    ]
     assert torch.equal(losses[0], losses[1]) and not torch.equal(losses[0], losses[2])
 
 
@@ -406,7 +411,7 @@ def test_without_a_logvar_limit_the_raw_logvar_is_used():
     x = _data("mse", b=4, shape=(2, 3, 3))
     with torch.no_grad():
         mu_raw, raw = encoder(x)
-    assert raw.abs().max() > 20
+    assert raw.abs().max() > 40
     unbounded = AutoEncoder(encoder, decoder, logvar_limit=None, rate="vae")
     mu, logvar = unbounded.encode(x)
     assert torch.equal(mu, mu_raw) and torch.equal(logvar, raw)

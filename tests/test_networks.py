@@ -58,7 +58,9 @@ def test_conv_restores_odd_and_unequal_image_sizes(shape):
 # --- layer sizes ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape, grids", [((1, 28, 28), [(14, 14), (7, 7), (3, 3), (1, 1)]), ((3, 32, 32), [(16, 16), (8, 8), (4, 4), (2, 2)])])
+@pytest.mark.parametrize(
+    "shape, grids", [((1, 28, 28), [(14, 14), (7, 7), (3, 3), (1, 1)]), ((3, 32, 32), [(16, 16), (8, 8), (4, 4), (2, 2)])]
+)
 def test_conv_has_the_layers_its_docstring_states(shape, grids):
     channels = shape[0]
     encoder, decoder = Conv(shape, n_latent=10).build(_generator(0))
@@ -160,7 +162,9 @@ def test_conv_matches_a_float64_reference(shape):
 # --- initialisation ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("architecture", [MLP((3, 4), hidden=(16,), n_latent=2), Conv((2, 16, 16), n_latent=2, width=4, fc=8)], ids=["mlp", "conv"])
+@pytest.mark.parametrize(
+    "architecture", [MLP((3, 4), hidden=(16,), n_latent=2), Conv((2, 16, 16), n_latent=2, width=4, fc=8)], ids=["mlp", "conv"]
+)
 def test_weights_come_from_the_generator_alone(architecture):
     state = torch.get_rng_state()
     first, second, other = (architecture.build(_generator(seed)) for seed in (3, 3, 4))
@@ -180,7 +184,9 @@ def _fan_in(module: nn.Module) -> int:
     return (module.in_channels if isinstance(module, nn.Conv2d) else module.out_channels) * k
 
 
-@pytest.mark.parametrize("architecture", [MLP((5, 8), hidden=(64,), n_latent=4), Conv((2, 16, 16), n_latent=4, width=8, fc=64)], ids=["mlp", "conv"])
+@pytest.mark.parametrize(
+    "architecture", [MLP((5, 8), hidden=(64,), n_latent=4), Conv((2, 16, 16), n_latent=4, width=8, fc=64)], ids=["mlp", "conv"]
+)
 def test_initial_weights_are_uniform_within_pytorchs_default_bound(architecture):
     encoder, decoder = architecture.build(_generator(5))
     layers = [m for m in (*encoder.modules(), *decoder.modules()) if isinstance(m, (Dense, nn.Conv2d, nn.ConvTranspose2d))]

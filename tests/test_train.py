@@ -10,7 +10,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from torch._dynamo.utils import counters
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ipae.checkpoint import load_state, read_metadata
@@ -213,12 +212,24 @@ def test_only_an_autoencoder_is_trained(toy_x):
         {"checkpoint_every": 0},
         {"checkpoint_every": True},
         {"checkpoint_every": 1.5},
+        {"seed": True},
+        {"seed": 1.5},
+        {"seed": "3"},
+        {"seed": 2**64},
+        {"compile": "no"},
+        {"compile": 1},
+        {"progress": "yes"},
     ],
 )
 def test_bad_config_values_are_refused(options):
     name = next(iter(options))
     with pytest.raises(ValueError, match=name):
         TrainConfig(**options)
+
+
+def test_good_config_values_are_accepted():
+    for options in ({"seed": -1}, {"seed": 2**64 - 1}, {"lr": 1}, {"checkpoint_every": None}, {"progress": None}, {"compile": True}):
+        assert TrainConfig(**options).to_dict().items() >= options.items()
 
 
 def test_a_config_is_frozen_and_its_defaults_are_the_papers():
@@ -232,7 +243,10 @@ def test_a_config_is_frozen_and_its_defaults_are_the_papers():
 # data sources
 
 
-@pytest.mark.parametrize("source", ["float64 array", "float32 array", "memory-mapped .npy", "Dataset of (x, y)", "TensorDataset"])
+@pytest.mark.parametrize(
+    "source",
+    ["float64 array", "float32 array", "memory-mapped .npy", "memory-mapped Fortran-order .npy", "Dataset of (x, y)", "TensorDataset"],
+)
 def test_every_indexed_source_trains_to_the_weights_of_the_tensor(toy_x, tmp_path, source):
     config = _config(steps=12, batch_size=48)  # 200 samples: the schedule crosses a pass
     expected = _trained(toy_x, config)
@@ -244,6 +258,10 @@ def test_every_indexed_source_trains_to_the_weights_of_the_tensor(toy_x, tmp_pat
         np.save(tmp_path / "x.npy", toy_x.numpy())
         data = np.load(tmp_path / "x.npy", mmap_mode="r")
         assert isinstance(data, np.memmap)
+    elif source == "memory-mapped Fortran-order .npy":  # not C-contiguous: rows are taken from the mapping, not read with pread
+        np.save(tmp_path / "x.npy", np.asfortranarray(toy_x.numpy()))
+        data = np.load(tmp_path / "x.npy", mmap_mode="r")
+        assert isinstance(data, np.memmap) and not data.flags.c_contiguous
     elif source == "Dataset of (x, y)":
         data = Pairs(toy_x)
     else:
@@ -275,7 +293,9 @@ def test_a_non_finite_batch_is_refused(toy_x, tmp_path, where):
 
 
 def _loader(x: torch.Tensor, seed: int = 0) -> DataLoader:
-    return DataLoader(TensorDataset(x, torch.arange(len(x))), batch_size=32, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(
+        TensorDataset(x, torch.arange(len(x))), batch_size=32, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def test_a_shuffling_dataloader_trains_and_resumes_exactly_with_a_fresh_identical_loader(toy_x):
@@ -322,7 +342,12 @@ def test_checkpoints_hold_the_last_multiple_and_resume_into_a_fresh_model_exactl
     checkpoint = tmp_path / "run.checkpoint"
     interrupted = _model()
     train(interrupted, toy_x, config, checkpoint_dir=checkpoint, metadata={"note": "hi"}, stop_at=23, on_log=logs.append)
-    assert sorted(path.name for path in checkpoint.iterdir()) == ["model.json", "model.safetensors", "training.json", "training.safetensors"]
+    assert sorted(path.name for path in checkpoint.iterdir()) == [
+        "model.json",
+        "model.safetensors",
+        "training.json",
+        "training.safetensors",
+    ]
     assert json.loads((checkpoint / "training.json").read_text())["step"] == 20
     assert read_metadata(checkpoint) == {"note": "hi"}
     assert [log["step"] for log in logs] == [5, 10, 15, 20, 23]
@@ -455,6 +480,8 @@ def test_compile_is_refused_under_torch_distributed(toy_x, monkeypatch):
 @pytest.mark.parametrize("precision, rtol, atol", [("fp32", 1e-5, 1e-6), ("bf16", 1e-3, 1e-3)])
 @pytest.mark.parametrize("rate", [InformationPotential(n_partners=2), PriorKL()], ids=["ip-2", "vae"])
 def test_compiled_training_matches_eager_training(toy_x, precision, rtol, atol, rate):
+    from torch._dynamo.utils import counters  # imports the compiler: only here
+
     config = _config(steps=30, batch_size=64, precision=precision)
     eager = AutoEncoder.from_preset("toy", hidden=(32,), n_latent=4, rate=rate)
     compiled = AutoEncoder.from_preset("toy", hidden=(32,), n_latent=4, rate=rate)
