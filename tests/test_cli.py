@@ -1,42 +1,67 @@
+"""The `ipae` command: toy, mnist, encode, info and reproduce (fit has tests/test_fit.py).
+
+Most commands run in this process (`main`), which is much faster than a new one; a few run as a
+process of their own to see exactly what a user sees."""
+
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ipae.cli import main
+from ipae.data.toy import gaussian_grid
 from ipae.experiments import toy
-from ipae.train import TrainingDiverged, TrainResult
+from ipae.experiments.figure1 import IPAE_BETAS, VAE_BETAS
+from ipae.rates import InformationPotential, PairwiseKL, PriorKL
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+needs_mnist = pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"the real MNIST files are not at {SHARED_MNIST}")
+MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
 
 def ipae(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """The command in a process of its own: what a user sees, warnings and tracebacks included."""
     return subprocess.run([sys.executable, "-m", "ipae.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    """The command in this process: its exit code, stdout and stderr."""
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as exit:  # argparse exits on bad options
+        code = exit.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "toy"
-    assert main(["toy", "--model", "vae", "--beta", "1", "--steps", "20", "--quiet", "--out", str(out)]) == 0
+    assert main(["toy", "--rate", "vae", "--beta", "1", "--steps", "20", "--quiet", "--out", str(out)]) == 0
     return out
 
 
-def test_toy_end_to_end(trained_run, capsys):
+@pytest.fixture
+def small_toy_data(monkeypatch):
+    """The toy task with 4 samples per centre (100 points): quick runs."""
+    monkeypatch.setattr(toy, "gaussian_grid", lambda seed: gaussian_grid(n_per_component=4, seed=seed))
+
+
+def test_toy_end_to_end(trained_run):
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["status"] == "ok"
-    assert metrics["config"] == {
-        "model": "vae",
-        "beta": 1.0,
-        "n_pairs": 1,
-        "steps": 20,
-        "batch_size": 512,
-        "lr": 0.001,
-        "seed": 0,
-        "precision": "fp32",
-        "compile": False,
-        "rate": None,
-    }
+    config = metrics["config"]
+    assert config["rate"] == {"name": "vae"} and config["beta"] == 1.0 and config["seed"] == 0
+    training = {key: config["training"][key] for key in ("steps", "batch_size", "lr", "n_samples", "precision", "compile")}
+    assert training == {"steps": 20, "batch_size": 512, "lr": 0.001, "n_samples": 1, "precision": "fp32", "compile": False}
+    assert metrics["architecture"]["kind"] == "mlp" and metrics["architecture"]["hidden"] == [2048]
     assert {"E", "E_sampled", "E_identity", "train_seconds"} <= metrics.keys()
     assert sorted(p.name for p in trained_run.iterdir()) == [
         "metrics.json",
@@ -47,45 +72,78 @@ def test_toy_end_to_end(trained_run, capsys):
     ]
 
 
+@pytest.mark.parametrize(
+    ("options", "rate", "beta"),
+    [
+        ([], {"name": "ip", "n_partners": 1}, InformationPotential.default_beta),
+        (["--n-partners", "all"], {"name": "ip", "n_partners": None}, 0.01),
+        (["--n-partners", "4", "--beta", "0.5"], {"name": "ip", "n_partners": 4}, 0.5),
+        (["--rate", "vae"], {"name": "vae"}, PriorKL.default_beta),
+        (["--rate", "mc", "--mc-samples", "2"], {"name": "mc", "n_samples": 2}, 1.0),
+    ],
+)
+def test_toy_takes_the_rate_its_options_and_its_default_beta(tmp_path, small_toy_data, options, rate, beta):
+    assert main(["toy", *options, "--steps", "2", "--seed", "3", "--quiet", "--out", str(tmp_path / "run")]) == 0
+    config = json.loads((tmp_path / "run" / "metrics.json").read_text())["config"]
+    assert config["rate"] == rate and config["beta"] == beta and config["seed"] == 3 and config["training"]["steps"] == 2
+    model = json.loads((tmp_path / "run" / "model.json").read_text())["model"]
+    assert model["rate"] == rate and model["beta"] == beta
+
+
+def test_toy_trains_with_a_chosen_rate_term(tmp_path, small_toy_data, capsys):
+    assert main(["toy", "--rate", "pairwise-kl", "--beta", "1", "--steps", "5", "--quiet", "--out", str(tmp_path / "run")]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["config"]["rate"] == {"name": PairwiseKL.name}
+    code, _, error = run(capsys, "toy", "--rate", "kde", "--out", str(tmp_path / "other"))
+    assert code == 2 and "invalid choice: 'kde'" in error and not (tmp_path / "other").exists()
+
+
 def test_encode_writes_the_mean_codes(trained_run, tmp_path):
     np.save(tmp_path / "x.npy", np.array([[0.0, 0.0], [2.0, -2.0], [4.0, 4.0]]))
     assert main(["encode", str(trained_run), str(tmp_path / "x.npy"), "--out", str(tmp_path / "codes.npy")]) == 0
     codes = np.load(tmp_path / "codes.npy")
     assert codes.shape == (3, 16) and codes.dtype == np.float32
+    from ipae.checkpoint import load_model
+
+    with torch.no_grad():
+        mu, _ = load_model(trained_run).encode(torch.tensor([[0.0, 0.0], [2.0, -2.0], [4.0, 4.0]]))
+    np.testing.assert_array_equal(codes, mu.numpy())
     assert main(["encode", str(trained_run), str(tmp_path / "x.npy"), "--sampled", "--out", str(tmp_path / "sampled.npy")]) == 0
     assert not np.array_equal(np.load(tmp_path / "sampled.npy"), codes)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["codes.npy", "sampled.npy", "x.npy"]
 
 
+@pytest.mark.slow  # eleven toy runs: two minutes on two busy cores
 def test_reproduce_figure1_tiny(tmp_path):
     out = tmp_path / "fig1"
     result = ipae("reproduce", "figure1", "--steps", "3", "--jobs", "2", "--quiet", "--out", str(out))
     assert result.returncode == 0, result.stderr
     rows = json.loads((out / "figure1.json").read_text())
-    assert [(row["model"], row["beta"]) for row in rows] == [("vae", b) for b in toy_betas("vae")] + [
-        ("ipae", b) for b in toy_betas("ipae")
-    ]
+    assert [(row["rate"], row["beta"]) for row in rows] == [("vae", b) for b in VAE_BETAS] + [("ip", b) for b in IPAE_BETAS]
     assert all(row["status"] == "ok" and row["E"] > 0 for row in rows)
     assert (out / "figure1.png").read_bytes().startswith(b"\x89PNG")
-    assert (out / "figure1.md").read_text().startswith("| model | beta |")
-    assert len(list((out / "runs").iterdir())) == len(rows)
+    assert (out / "figure1.md").read_text().startswith("| rate | options | beta |")
+    cells = json.loads((out / "cells.json").read_text())
+    assert len(cells) == len(rows) and sorted(cells) == sorted(p.name for p in (out / "runs").iterdir())
+    assert [cell["E"] for cell in cells.values()] == [row["E"] for row in rows]
+    assert "Best E:" in result.stdout
 
 
-def toy_betas(model):
-    from ipae.experiments.figure1 import IPAE_BETAS, VAE_BETAS
+def test_a_diverged_run_is_recorded_as_failed(tmp_path, small_toy_data, capsys):
+    @torch.no_grad()
+    def poison(optimizer, args, kwargs):  # the weights turn NaN after every step
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                parameter.fill_(math.nan)
 
-    return {"vae": VAE_BETAS, "ipae": IPAE_BETAS}[model]
-
-
-def test_a_diverged_run_is_recorded_as_failed(tmp_path, monkeypatch, capsys):
-    def diverging_train(*args, **kwargs):
-        raise TrainingDiverged(7, TrainResult(np.zeros(8), np.zeros(8), np.zeros(8), 0.5))
-
-    monkeypatch.setattr(toy, "train", diverging_train)
-    assert main(["toy", "--steps", "10", "--quiet", "--out", str(tmp_path / "run")]) == 1
+    handle = register_optimizer_step_post_hook(poison)
+    try:
+        code, _, error = run(capsys, "toy", "--steps", "10", "--quiet", "--out", str(tmp_path / "run"))
+    finally:
+        handle.remove()
+    assert code == 1 and error.count("\n") == 1 and "diverged" in error
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["status"] == "failed" and metrics["failed_step"] == 7 and "E" not in metrics
-    assert capsys.readouterr().err.count("\n") == 1
+    assert metrics["status"] == "failed" and metrics["failed_step"] == 1 and "E" not in metrics
 
 
 @pytest.mark.parametrize(
@@ -93,28 +151,46 @@ def test_a_diverged_run_is_recorded_as_failed(tmp_path, monkeypatch, capsys):
     [
         (["toy", "--beta", "-1"], "--beta: must be a finite number >= 0"),
         (["toy", "--beta", "nan"], "--beta: must be a finite number >= 0"),
-        (["toy", "--model", "gan"], "invalid choice: 'gan'"),
+        (["toy", "--rate", "gan"], "invalid choice: 'gan'"),
+        (["toy", "--model", "vae"], "unrecognized arguments: --model"),
+        (["toy", "--n-pairs", "2"], "unrecognized arguments: --n-pairs"),
         (["toy", "--steps", "0"], "--steps: must be an integer >= 1"),
-        (["toy", "--n-pairs", "some"], "--n-pairs"),
+        (["toy", "--n-partners", "some"], "--n-partners"),
+        (["toy", "--n-partners", "0"], "--n-partners"),
+        (["toy", "--mc-samples", "0"], "--mc-samples: must be an integer >= 1"),
+        (["toy", "--rate", "vae", "--n-partners", "3"], "n_partners"),
+        (["toy", "--rate", "ip", "--mc-samples", "3"], "n_samples"),
         (["toy", "--lr", "0"], "--lr: must be a finite number > 0"),
         (["reproduce", "figure9"], "invalid choice: 'figure9'"),
         (["toy", "--unknown-option", "1"], "unrecognized arguments"),
         (["toy", "--device", "tpu"], "unknown device 'tpu'"),
         (["toy", "--precision", "fp16"], "invalid choice: 'fp16'"),
+        (["mnist", "--repeats", "0"], "--repeats: must be an integer >= 1"),
     ],
 )
-def test_bad_options_are_one_line_and_exit_2(tmp_path, args, message):
-    result = ipae(*args, "--out", str(tmp_path / "out"))
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
+def test_bad_options_are_one_line_and_exit_2(tmp_path, capsys, args, message):
+    code, _, error = run(capsys, *args, "--out", str(tmp_path / "out"))
+    assert code == 2
+    assert error.count("\n") == 1 and message in error and error.startswith("ipae: error:")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_existing_output_directory_is_not_overwritten(tmp_path):
+def test_bad_options_are_one_line_in_a_process_of_its_own(tmp_path):
+    result = ipae("toy", "--rate", "vae", "--n-partners", "3", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "n_partners" in result.stderr and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_precision_auto_is_accepted(tmp_path, small_toy_data):
+    assert main(["toy", "--precision", "auto", "--steps", "2", "--quiet", "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["config"]["training"]["precision"] == "auto"
+
+
+def test_an_existing_output_directory_is_not_overwritten(tmp_path, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    result = ipae("toy", "--steps", "1", "--out", str(tmp_path / "out"))
-    assert result.returncode == 2 and "already exists" in result.stderr and result.stderr.count("\n") == 1
+    code, _, error = run(capsys, "toy", "--steps", "1", "--out", str(tmp_path / "out"))
+    assert code == 2 and "already exists" in error and error.count("\n") == 1
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
 
 
@@ -122,68 +198,70 @@ def test_an_existing_output_directory_is_not_overwritten(tmp_path):
     "content, message",
     [
         (None, "no such file"),
-        (np.zeros((4, 3)), "expected 2 features per row, got 3"),
-        (np.zeros(4), "expected a 2-D array"),
+        (np.zeros((4, 3)), "samples of shape (3,)"),
+        (np.zeros(4), "of 2 to 4 dimensions"),
         (np.array([[0.0, np.nan]]), "NaN or infinite"),
         (np.zeros((0, 2)), "no rows"),
     ],
 )
-def test_encode_refuses_bad_data_with_one_line(trained_run, tmp_path, content, message):
+def test_encode_refuses_bad_data_with_one_line(trained_run, tmp_path, capsys, content, message):
     data = tmp_path / "x.npy"
     if content is not None:
         np.save(data, content)
-    result = ipae("encode", str(trained_run), str(data), "--out", str(tmp_path / "codes.npy"))
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and message in result.stderr and "Traceback" not in result.stderr
+    code, _, error = run(capsys, "encode", str(trained_run), str(data), "--out", str(tmp_path / "codes.npy"))
+    assert code == 2
+    assert error.count("\n") == 1 and message in error
     assert not (tmp_path / "codes.npy").exists() and not list(tmp_path.glob(".*"))
 
 
-def test_encode_refuses_a_missing_or_damaged_model(trained_run, tmp_path):
+def test_encode_refuses_a_missing_or_damaged_model(trained_run, tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.zeros((2, 2)))
-    result = ipae("encode", str(tmp_path / "nowhere"), str(tmp_path / "x.npy"), "--out", str(tmp_path / "codes.npy"))
-    assert result.returncode == 2 and "not a model directory" in result.stderr and result.stderr.count("\n") == 1
+    code, _, error = run(capsys, "encode", str(tmp_path / "nowhere"), str(tmp_path / "x.npy"), "--out", str(tmp_path / "codes.npy"))
+    assert code == 2 and "not a model directory" in error and error.count("\n") == 1
     damaged = tmp_path / "damaged"
     damaged.mkdir()
     for name in ("model.json", "model.safetensors"):
         (damaged / name).write_bytes((trained_run / name).read_bytes()[:40])
-    result = ipae("encode", str(damaged), str(tmp_path / "x.npy"), "--out", str(tmp_path / "codes.npy"))
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    code, _, error = run(capsys, "encode", str(damaged), str(tmp_path / "x.npy"), "--out", str(tmp_path / "codes.npy"))
+    assert code == 2 and error.count("\n") == 1 and "model.json" in error
     assert not (tmp_path / "codes.npy").exists()
+
+
+def _information(output: str) -> dict[str, float]:
+    """The estimates `ipae info` prints, by the key words of their labels."""
+    lines = output.splitlines()[1:]
+    labels = {"lower": "lower bound", "mc": "Monte Carlo", "upper": "upper bound", "jensen": "Jensen", "log_n": "log N"}
+    found = {key: [float(line.split()[-1]) for line in lines if label in line] for key, label in labels.items()}
+    assert all(len(values) == 1 for values in found.values()), output
+    return {key: values[0] for key, values in found.items()}
 
 
 def test_info_prints_the_sandwich_with_known_answers(trained_run, tmp_path, capsys):
     # Twenty copies of one point: every code is the same Gaussian, so I(x; z) = 0 by every estimate.
     np.save(tmp_path / "same.npy", np.tile([[1.0, -2.0]], (20, 1)))
-    assert main(["info", str(trained_run), str(tmp_path / "same.npy"), "--samples", "4"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    values = [float(line.split()[-1]) for line in lines[1:5]]
-    assert values == pytest.approx([0.0] * 4, abs=1e-9)
-    assert float(lines[5].split()[-1]) == pytest.approx(np.log(20), abs=1e-4)  # printed to 4 decimals
+    code, out, _ = run(capsys, "info", str(trained_run), str(tmp_path / "same.npy"), "--samples", "4")
+    assert code == 0
+    values = _information(out)
+    assert [values[key] for key in ("lower", "mc", "upper", "jensen")] == pytest.approx([0.0] * 4, abs=1e-9)
+    assert values["log_n"] == pytest.approx(np.log(20), abs=1e-4)  # printed to 4 decimals
     # Points far apart relative to the model's sigma: the lower bound <= MC <= the upper bounds.
     np.save(tmp_path / "grid.npy", np.stack(np.meshgrid(np.arange(-4.0, 5, 2), np.arange(-4.0, 5, 2)), -1).reshape(-1, 2))
-    assert main(["info", str(trained_run), str(tmp_path / "grid.npy"), "--samples", "64"]) == 0
-    lower, mc, upper, jensen = (float(line.split()[-1]) for line in capsys.readouterr().out.splitlines()[1:5])
-    assert lower <= upper <= jensen and lower - 0.05 <= mc <= upper + 0.05
+    code, out, _ = run(capsys, "info", str(trained_run), str(tmp_path / "grid.npy"), "--samples", "64")
+    assert code == 0
+    values = _information(out)
+    assert values["lower"] <= values["upper"] <= values["jensen"] and values["lower"] - 0.05 <= values["mc"] <= values["upper"] + 0.05
+    assert values["upper"] <= values["log_n"] + 1e-4
 
 
-def test_info_refuses_bad_input(trained_run, tmp_path):
-    result = ipae("info", str(trained_run), str(tmp_path / "missing.npy"))
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no such file" in result.stderr
+def test_info_refuses_bad_input(trained_run, tmp_path, capsys):
+    code, _, error = run(capsys, "info", str(trained_run), str(tmp_path / "missing.npy"))
+    assert code == 2 and error.count("\n") == 1 and "no such file" in error
 
 
-def test_toy_trains_with_a_chosen_rate_term(tmp_path):
-    assert main(["toy", "--rate", "pairwise-kl", "--beta", "1", "--steps", "5", "--quiet", "--out", str(tmp_path / "run")]) == 0
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["architecture"]["rate"] == "pairwise-kl" and metrics["config"]["rate"] == "pairwise-kl"
-    result = ipae("toy", "--rate", "kde", "--out", str(tmp_path / "other"))
-    assert result.returncode == 2 and "invalid choice: 'kde'" in result.stderr and not (tmp_path / "other").exists()
-
-
-def test_reproduce_rate_distortion_on_a_small_grid(tmp_path, monkeypatch):
-    from ipae.data.toy import gaussian_grid
+def test_reproduce_rate_distortion_on_a_small_grid(tmp_path, small_toy_data, monkeypatch):
     from ipae.experiments import rate_distortion
 
-    monkeypatch.setattr(rate_distortion, "GRID", {"pairwise-kl": ("ipae", (1.0,)), "vae": ("vae", (1.0,))})
+    monkeypatch.setattr(rate_distortion, "GRID", {"pairwise-kl": (PairwiseKL(), (1.0,)), "vae": (PriorKL(), (1.0,))})
     monkeypatch.setattr(rate_distortion, "gaussian_grid", lambda seed: gaussian_grid(n_per_component=4, seed=seed))  # a quick evaluation
     out = tmp_path / "rd"
     assert main(["reproduce", "rate-distortion", "--steps", "3", "--jobs", "1", "--quiet", "--out", str(out)]) == 0
@@ -192,53 +270,74 @@ def test_reproduce_rate_distortion_on_a_small_grid(tmp_path, monkeypatch):
     for row in rows:
         assert row["I_bhattacharyya"] <= row["I_pairwise-kl"] <= row["I_jensen"] and row["distortion"] > 0
         assert row["I_pairwise-kl"] <= np.log(100) + 1e-9  # a mixture of 100 components
+    cells = json.loads((out / "cells.json").read_text())
+    assert list(cells) == ["pairwise-kl-beta1", "vae-beta1"]
+    assert [cell["I_mc"] for cell in cells.values()] == [row["I_mc"] for row in rows]
     assert (out / "rate_distortion.png").read_bytes().startswith(b"\x89PNG")
 
 
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-
-
-@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"the real MNIST files are not at {SHARED_MNIST}")
+@needs_mnist
 def test_mnist_end_to_end_on_the_real_files(tmp_path, capsys):
     out = tmp_path / "mnist"
     args = ["mnist", "--steps", "3", "--repeats", "1", "--jobs", "1", "--data-dir", str(SHARED_MNIST), "--quiet", "--out", str(out)]
-    assert main(args) == 0
+    code, stdout, _ = run(capsys, *args)
+    assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"svm_error", "svm_error_std", "svm_errors", "failed_repeats", "train_seconds", "config"} <= metrics.keys()
-    assert metrics["config"]["model"] == "ipae" and metrics["config"]["beta"] == 1e-5 and metrics["repeats"] == 1
-    assert "linear-SVM test error" in capsys.readouterr().out
+    # --beta defaults to the rate's default_beta (0.01 for ip), not the paper's MNIST 1e-5
+    assert metrics["config"]["rate"] == {"name": "ip", "n_partners": 1} and metrics["config"]["beta"] == InformationPotential.default_beta
+    assert metrics["repeats"] == 1 and "linear-SVM test error" in stdout
 
 
-def test_mnist_refuses_missing_or_damaged_data_with_one_line(tmp_path):
-    result = ipae("mnist", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"))
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+def test_mnist_refuses_missing_or_damaged_data_with_one_line(tmp_path, capsys):
+    code, _, error = run(capsys, "mnist", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"))
+    assert code == 2 and error.count("\n") == 1 and "missing MNIST files" in error
     damaged = tmp_path / "damaged"
     damaged.mkdir()
-    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+    for name in MNIST_FILES:
         (damaged / name).write_bytes(b"\x1f\x8b not really gzip")
-    result = ipae("mnist", "--steps", "1", "--repeats", "1", "--data-dir", str(damaged), "--out", str(tmp_path / "out"))
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "train-images-idx3-ubyte.gz" in result.stderr
+    code, _, error = run(capsys, "mnist", "--steps", "1", "--repeats", "1", "--data-dir", str(damaged), "--out", str(tmp_path / "out"))
+    assert code == 2 and error.count("\n") == 1 and "train-images-idx3-ubyte.gz" in error
     assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["damaged"]
 
 
-@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"the real MNIST files are not at {SHARED_MNIST}")
+@needs_mnist
+@pytest.mark.slow  # ten cells on the real files
 def test_reproduce_figure2_tiny_on_the_real_files_and_resumed(tmp_path, capsys):
     out = tmp_path / "fig2"
     args = ["reproduce", "figure2", "--steps", "2", "--repeats", "1", "--jobs", "1", "--data-dir", str(SHARED_MNIST), "--quiet"]
-    assert main([*args, "--out", str(out)]) == 0
+    code, stdout, _ = run(capsys, *args, "--out", str(out))
+    assert code == 0
     table = (out / "figure2.md").read_text()
     assert table.count("\n| ") == 10 and "Lowest mean test error" in table  # one row per cell
-    assert "Lowest mean test error" in capsys.readouterr().out
-    assert main([*args, "--out", str(out)]) == 2
-    assert "pass --resume" in capsys.readouterr().err
+    assert "Lowest mean test error" in stdout
+    assert len(json.loads((out / "cells.json").read_text())) == 10
+    code, _, error = run(capsys, *args, "--out", str(out))
+    assert code == 2 and "pass --resume" in error
     before = (out / "runs" / "vae-beta1e-05" / "repeat-0.json").stat().st_mtime_ns
-    assert main([*args, "--resume", "--out", str(out)]) == 0
+    assert run(capsys, *args, "--resume", "--out", str(out))[0] == 0
     assert (out / "runs" / "vae-beta1e-05" / "repeat-0.json").stat().st_mtime_ns == before
 
 
-def test_figure2_options_are_refused_elsewhere_and_bad_data_writes_nothing(tmp_path):
-    result = ipae("reproduce", "figure1", "--repeats", "2", "--out", str(tmp_path / "out"))
-    assert result.returncode == 2 and "apply to figure2 only" in result.stderr and result.stderr.count("\n") == 1
-    result = ipae("reproduce", "figure2", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"))
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+@pytest.mark.parametrize("figure", ["figure2", "conv-mnist"])
+def test_sweep_options_are_refused_elsewhere_and_bad_data_writes_nothing(tmp_path, capsys, figure):
+    code, _, error = run(capsys, "reproduce", "figure1", "--repeats", "2", "--out", str(tmp_path / "out"))
+    assert code == 2 and "apply to figure2 and conv-mnist only" in error and error.count("\n") == 1
+    code, _, error = run(capsys, "reproduce", figure, "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"))
+    assert code == 2 and error.count("\n") == 1 and "missing MNIST files" in error
+    code, _, error = run(capsys, "reproduce", figure, "--resume", "--overwrite", "--out", str(tmp_path / "out"))
+    assert code == 2 and error.count("\n") == 1 and "choose one" in error
     assert not (tmp_path / "out").exists()
+
+
+@needs_mnist
+@pytest.mark.slow  # the conv preset on all 70 000 images, twice
+def test_reproduce_conv_mnist_tiny_on_the_real_files(tmp_path, capsys):
+    out = tmp_path / "conv"
+    args = ["reproduce", "conv-mnist", "--steps", "2", "--repeats", "1", "--jobs", "2", "--data-dir", str(SHARED_MNIST), "--quiet"]
+    code, stdout, _ = run(capsys, *args, "--out", str(out))
+    assert code == 0, stdout
+    rows = json.loads((out / "conv_mnist.json").read_text())
+    assert [(row["rate"], row["options"], row["seeds"], row["failed"]) for row in rows] == [("ip", "n_partners=8", 1, 0), ("vae", "", 1, 0)]
+    assert all(0 <= row["svm_error"] <= 100 and row["I_lower"] <= row["I_mc"] + 0.05 for row in rows)
+    assert list(json.loads((out / "cells.json").read_text())) == ["ip-n_partners8-beta1e-05", "vae-beta1"]

@@ -1,5 +1,7 @@
 import copy
+import json
 import pickle
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -9,15 +11,21 @@ from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils import check_random_state
 from sklearn.utils.estimator_checks import parametrize_with_checks
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from ipae.checkpoint import save_model
+from ipae.checkpoint import load_model, save_model
+from ipae.cli import main
+from ipae.data import arrays
 from ipae.estimators import IPAE, BetaVAE, FitDiverged, load_estimator
-from ipae.models import AutoEncoder, ModelConfig
-from ipae.train import TrainingDiverged, train
+from ipae.models import AutoEncoder
+from ipae.networks import MLP
+from ipae.rates import InformationPotential, PriorKL
+from ipae.train import TrainConfig, TrainingDiverged, train
 
 SMALL = {"n_components": 2, "hidden": (16,), "steps": 20, "batch_size": 32, "random_state": 0}
-QUICK = {"n_components": 2, "hidden": (32,), "steps": 30, "batch_size": 32, "lr": 3e-3}  # fits in a blink
+QUICK = {"n_components": 2, "hidden": (32,), "steps": 30, "batch_size": 32, "lr": 3e-3, "device": "cpu"}  # fits in a blink
 CLASSES = [IPAE, BetaVAE]
 
 
@@ -31,7 +39,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@parametrize_with_checks([IPAE(**SMALL), BetaVAE(**SMALL)])
+@parametrize_with_checks([IPAE(**SMALL, n_partners=8), BetaVAE(**SMALL)])
 def test_sklearn_common_checks(estimator, check):
     check(estimator)
 
@@ -57,7 +65,7 @@ def test_defaults_and_parameters():
     assert IPAE().get_params() == {
         "n_components": 16,
         "beta": 0.01,
-        "n_pairs": 1,
+        "n_partners": 1,
         "hidden": (2048,),
         "activation": "relu",
         "distortion": "mse",
@@ -69,9 +77,11 @@ def test_defaults_and_parameters():
         "device": None,
         "random_state": None,
         "progress": False,
+        "checkpoint_dir": None,
+        "checkpoint_every": None,
     }
     vae = BetaVAE().get_params()
-    assert vae["beta"] == 1.0 and "n_pairs" not in vae and set(vae) == set(IPAE().get_params()) - {"n_pairs"}
+    assert vae["beta"] == 1.0 and "n_partners" not in vae and set(vae) == set(IPAE().get_params()) - {"n_partners"}
 
 
 @pytest.mark.parametrize("cls", CLASSES)
@@ -79,7 +89,7 @@ def test_transform_gives_float64_encoder_means_and_inverse_gives_decoded_means(c
     estimator = cls(**QUICK, random_state=0).fit(blobs.astype(np.float32))
     codes = estimator.transform(blobs)
     assert codes.shape == (60, 2) and codes.dtype == np.float64
-    assert estimator.model_.config.rate == {"IPAE": "ip", "BetaVAE": "vae"}[cls.__name__]
+    assert estimator.model_.rate.name == {"IPAE": "ip", "BetaVAE": "vae"}[cls.__name__]
     assert estimator.n_features_in_ == 3
     assert list(estimator.get_feature_names_out()) == [f"{cls.__name__.lower()}0", f"{cls.__name__.lower()}1"]
     # Known answer: the same network evaluated independently in float64.
@@ -106,18 +116,21 @@ def test_random_state_fixes_the_result(cls, blobs):
     assert fresh[0] != fresh[1]
 
 
-def test_n_pairs_reaches_the_rate_term(blobs):
-    one, every = (IPAE(**QUICK, n_pairs=n_pairs, random_state=0).fit(blobs) for n_pairs in (1, None))
+def test_n_partners_reaches_the_rate_term(blobs):
+    one, every = (IPAE(**QUICK, n_partners=n_partners, random_state=0).fit(blobs) for n_partners in (1, None))
     np.testing.assert_array_equal(one.history_.distortion[0], every.history_.distortion[0])  # same weights and noise at step 0
     assert one.history_.rate[0] != every.history_.rate[0]
+    assert one.model_.rate.n_partners == 1 and every.model_.rate.n_partners is None
 
 
 def test_fit_trains_a_fresh_model_with_the_fitted_seed(blobs):
-    estimator = IPAE(**QUICK, n_pairs=2, beta=0.05, random_state=7).fit(blobs)
+    estimator = IPAE(**QUICK, n_partners=2, beta=0.05, random_state=7).fit(blobs)
+    assert estimator.seed_ == check_random_state(7).randint(np.iinfo(np.int32).max)
     # Known answer: the documented recipe, done by hand with the seed the fit drew.
-    config = ModelConfig(n_inputs=3, hidden=(32,), n_latent=2, rate="ip", beta=0.05)
-    model = AutoEncoder(config, seed=estimator.seed_)
-    result = train(model, torch.from_numpy(blobs.astype(np.float32)), steps=30, batch_size=32, lr=3e-3, n_pairs=2, seed=estimator.seed_)
+    architecture = MLP(input_shape=(3,), hidden=(32,), n_latent=2)
+    model = AutoEncoder.from_architecture(architecture, seed=estimator.seed_, rate=InformationPotential(n_partners=2), beta=0.05)
+    config = TrainConfig(steps=30, batch_size=32, lr=3e-3, seed=estimator.seed_, progress=False)
+    result = train(model, torch.from_numpy(blobs.astype(np.float32)), config)
     np.testing.assert_array_equal(estimator.loss_curve_, result.loss)
     for mine, theirs in zip(estimator.model_.parameters(), model.parameters(), strict=True):
         torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
@@ -128,7 +141,8 @@ def test_training_lowers_the_reconstruction_error_of_the_untrained_model():
     X = rng.normal(size=(300, 2)) @ rng.normal(size=(2, 6)) + 0.01 * rng.normal(size=(300, 6))  # rank 2 in 6-D
     estimator = IPAE(n_components=2, hidden=(64,), steps=300, batch_size=64, lr=3e-3, beta=1e-3, random_state=0).fit(X)
     # The untrained network the fit started from, evaluated independently in float64.
-    untrained = AutoEncoder(estimator.model_.config, seed=estimator.seed_).double()
+    model = estimator.model_
+    untrained = AutoEncoder.from_architecture(model.architecture, seed=estimator.seed_, rate=model.rate, beta=model.beta).double()
     with torch.no_grad():
         before = _squared_error(untrained.decode(untrained.encode(torch.from_numpy(X))[0]).numpy(), X)
     after = _squared_error(estimator.inverse_transform(estimator.transform(X)), X)
@@ -150,9 +164,7 @@ def test_score_is_the_negative_objective_and_deterministic(blobs):
     # With batch_size >= N the score is one batch: the model's loss with score's generator.
     whole = clone(estimator).set_params(batch_size=100).fit(blobs)
     with torch.no_grad():
-        terms = whole.model_.loss(
-            torch.from_numpy(blobs.astype(np.float32)), generator=torch.Generator().manual_seed(whole.seed_), n_pairs=1
-        )
+        terms = whole.model_.loss(torch.from_numpy(blobs.astype(np.float32)), generator=torch.Generator().manual_seed(whole.seed_))
     assert whole.score(blobs) == pytest.approx(-float(terms.loss), rel=1e-6)
     assert float(terms.loss) > 0  # squared error plus a non-negative rate
 
@@ -185,7 +197,8 @@ def test_grid_search_over_beta_uses_score(blobs):
         ({"n_components": 0}, "'n_components' parameter"),
         ({"hidden": ()}, "'hidden' parameter"),
         ({"hidden": (16, 0)}, "'hidden' parameter"),
-        ({"n_pairs": 0}, "'n_pairs' parameter"),
+        ({"n_partners": 0}, "'n_partners' parameter"),
+        ({"checkpoint_every": 0}, "'checkpoint_every' parameter"),
     ],
 )
 def test_bad_parameters_are_refused_in_fit(params, message, blobs):
@@ -255,3 +268,110 @@ def test_pickle_round_trip(blobs):
     unpickled = pickle.loads(pickle.dumps(estimator))
     np.testing.assert_array_equal(unpickled.transform(blobs), estimator.transform(blobs))
     assert unpickled.seed_ == estimator.seed_
+
+
+# checkpoints: a killed fit goes on where it stopped
+
+
+@contextmanager
+def killed_after_step(n: int):
+    """KeyboardInterrupt right after the n-th optimiser step of any training in the block (a kill at a known step)."""
+    count = 0
+
+    def hook(optimizer, args, kwargs):
+        nonlocal count
+        count += 1
+        if count == n:
+            raise KeyboardInterrupt
+
+    handle = register_optimizer_step_post_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _same_parameters(a: AutoEncoder, b: AutoEncoder) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_a_fit_with_a_checkpoint_dir_writes_checkpoints(cls, blobs, tmp_path):
+    steps_seen = []
+    with killed_after_step(11), pytest.raises(KeyboardInterrupt):  # stop in step 11: the checkpoint of step 10 is there
+        cls(**{**QUICK, "steps": 12}, random_state=0, checkpoint_dir=tmp_path / "ckpt", checkpoint_every=5).fit(blobs)
+    steps_seen.append(json.loads((tmp_path / "ckpt" / "training.json").read_text())["step"])
+    assert steps_seen == [10]
+    saved = load_model(tmp_path / "ckpt")
+    estimator = cls(**{**QUICK, "steps": 12}, random_state=0, checkpoint_dir=tmp_path / "ckpt", checkpoint_every=5).fit(blobs)
+    assert saved.rate.name == estimator.model_.rate.name and saved.architecture == estimator.model_.architecture
+    assert not _same_parameters(saved, estimator.model_)  # step 10, not 12
+    assert not (tmp_path / "ckpt").exists()  # a finished fit removes its checkpoint
+    without = cls(**{**QUICK, "steps": 12}, random_state=0).fit(blobs)  # checkpointing changes nothing in the fit
+    assert _same_parameters(without.model_, estimator.model_)
+    np.testing.assert_array_equal(without.loss_curve_, estimator.loss_curve_)
+
+
+def test_checkpoint_every_without_a_directory_writes_nothing(blobs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    IPAE(**QUICK, random_state=0, checkpoint_every=5).fit(blobs)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_a_killed_fit_continues_from_its_checkpoint_as_if_never_stopped(cls, blobs, tmp_path):
+    params = {**QUICK, "steps": 12, "random_state": 3, "checkpoint_every": 5}
+    whole = cls(**params).fit(blobs)
+    killed = cls(**params, checkpoint_dir=tmp_path / "ckpt")
+    with killed_after_step(12), pytest.raises(KeyboardInterrupt):  # in the last step, after the checkpoint of step 10
+        killed.fit(blobs)
+    assert not hasattr(killed, "model_")
+    assert json.loads((tmp_path / "ckpt" / "training.json").read_text())["step"] == 10
+    with killed_after_step(3):  # a continued fit takes only the 2 steps left
+        continued = cls(**params, checkpoint_dir=tmp_path / "ckpt").fit(blobs)
+    assert _same_parameters(continued.model_, whole.model_)
+    np.testing.assert_array_equal(continued.loss_curve_, whole.loss_curve_)  # the history from step 0
+    np.testing.assert_array_equal(continued.transform(blobs), whole.transform(blobs))
+
+
+def test_a_second_fit_with_a_checkpoint_dir_forgets_the_first(blobs, tmp_path):
+    params = {**QUICK, "steps": 12, "checkpoint_every": 5, "checkpoint_dir": tmp_path / "ckpt"}
+    IPAE(**params, random_state=0).fit(blobs)
+    other = blobs[::-1].copy()  # other data of the same shape
+    refit = IPAE(**params, random_state=0).fit(other)
+    fresh = IPAE(**{**params, "checkpoint_dir": None}, random_state=0).fit(other)
+    assert _same_parameters(refit.model_, fresh.model_)
+
+
+# the estimator and `ipae fit` are one fit
+
+
+def test_the_estimator_and_ipae_fit_give_the_same_model(blobs, tmp_path, monkeypatch):
+    monkeypatch.setattr(arrays, "MMAP_BYTES", 0, raising=False)  # the command reads the file memory-mapped, batch by batch
+    X = blobs.astype(np.float32)
+    np.save(tmp_path / "x.npy", X)
+    options = {"n_components": 2, "steps": 25, "batch_size": 16, "lr": 3e-3, "device": "cpu"}
+    estimator = IPAE(**options, hidden=(16, 8), activation="tanh", random_state=11).fit(X)
+    # The estimator draws its seed from random_state; `ipae fit --seed S` uses S for the weights and the training stream.
+    seed = check_random_state(11).randint(np.iinfo(np.int32).max)
+    assert estimator.seed_ == seed
+    args = ["fit", str(tmp_path / "x.npy"), "--n-components", "2", "--hidden", "16,8", "--activation", "tanh", "--steps", "25"]
+    args += ["--batch-size", "16", "--lr", "0.003", "--seed", str(seed), "--device", "cpu", "--quiet", "--out", str(tmp_path / "cli")]
+    assert main(args) == 0
+    model = load_model(tmp_path / "cli")
+    assert model.architecture == estimator.model_.architecture and model.beta == estimator.beta
+    assert _same_parameters(model, estimator.model_)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] == pytest.approx(float(estimator.loss_curve_[-25:].mean()), rel=1e-6)  # the log's mean of the 25 steps
+    # BetaVAE is `ipae fit --rate vae` with its beta
+    vae = BetaVAE(n_components=2, hidden=(16,), steps=10, batch_size=16, beta=0.5, device="cpu", random_state=11).fit(X)
+    args = ["fit", str(tmp_path / "x.npy"), "--rate", "vae", "--beta", "0.5", "--n-components", "2", "--hidden", "16", "--steps", "10"]
+    assert main([*args, "--batch-size", "16", "--seed", str(seed), "--device", "cpu", "--quiet", "--out", str(tmp_path / "vae")]) == 0
+    assert _same_parameters(load_model(tmp_path / "vae"), vae.model_)
+    other_seed = BetaVAE(n_components=2, hidden=(16,), steps=10, batch_size=16, beta=0.5, device="cpu", random_state=12).fit(X)
+    assert not _same_parameters(load_model(tmp_path / "vae"), other_seed.model_)
+
+
+def test_rates_of_the_estimators(blobs):
+    assert isinstance(IPAE(**QUICK, n_partners=8, random_state=0).fit(blobs).model_.rate, InformationPotential)
+    assert isinstance(BetaVAE(**QUICK, random_state=0).fit(blobs).model_.rate, PriorKL)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from ipae.results import markdown_table, staged_directory, write_atomic, write_json, write_table
+from ipae.results import json_lines, markdown_table, staged_directory, write_atomic, write_json, write_table
 
 
 def test_write_atomic_leaves_nothing_when_writing_fails(tmp_path):
@@ -55,3 +55,14 @@ def test_tables_in_three_formats(tmp_path):
         assert list(csv.DictReader(file)) == [{"model": "vae", "E": "0.123456"}, {"model": "ipae", "E": "nan"}]
     assert json.loads((tmp_path / "t.json").read_text()) == [{"model": "vae", "E": 0.123456}, {"model": "ipae", "E": None}]
     assert (tmp_path / "t.md").read_text() == markdown_table(rows, ("model", "E"))
+
+
+def test_json_lines_writes_each_record_to_every_file_at_once(tmp_path):
+    with json_lines(tmp_path / "a.jsonl", None, tmp_path / "b.jsonl") as write:
+        write({"step": 1, "loss": 0.5})
+        assert (tmp_path / "a.jsonl").read_text() == '{"step": 1, "loss": 0.5}\n'  # flushed: the log can be read as it grows
+        write({"step": 2, "loss": math.inf})
+    lines = (tmp_path / "a.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": None}]
+    assert (tmp_path / "b.jsonl").read_text() == (tmp_path / "a.jsonl").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "b.jsonl"]

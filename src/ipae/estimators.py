@@ -9,6 +9,7 @@ gives the decoded means and `score` the negative mean training objective.
 from __future__ import annotations
 
 import inspect
+import shutil
 from dataclasses import replace
 from numbers import Integral, Real
 from pathlib import Path
@@ -149,13 +150,14 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
             checkpoint_every=None if self.checkpoint_every is None else int(self.checkpoint_every),
         )
         data = torch.from_numpy(X if X.flags.writeable else X.copy())  # torch warns on read-only arrays
+        checkpoint = self.checkpoint_dir
+        resume = checkpoint if checkpoint is not None and has_state(checkpoint) else None  # a killed fit goes on
         try:
-            resume = (
-                self.checkpoint_dir if self.checkpoint_dir is not None and has_state(self.checkpoint_dir) else None
-            )  # a killed fit goes on
-            model, result = fit(data, self._spec(), config, seed=seed, resume=resume, checkpoint_dir=self.checkpoint_dir)
+            model, result = fit(data, self._spec(), config, seed=seed, resume=resume, checkpoint_dir=checkpoint)
         except TrainingDiverged as error:
             raise FitDiverged(type(self).__name__, error) from error
+        if checkpoint is not None and has_state(checkpoint):  # done: a later fit must not continue this one
+            shutil.rmtree(checkpoint)
         self.model_ = model.eval()
         self.seed_ = seed  # the seed of the initial weights, the batches, the noise and score's noise
         self.history_ = replace(result, state=None)  # per-step loss, distortion and rate; no optimiser state
@@ -260,7 +262,8 @@ class IPAE(_AutoEncoderTransformer):
     Fitted attributes: `model_` (the `AutoEncoder`), `n_features_in_`, `seed_`, `history_`
     (a `TrainResult` of per-step loss, distortion and rate) and `loss_curve_` (= `history_.loss`).
     With `checkpoint_dir` and `checkpoint_every` = N, the fit so far is saved there every N steps, and
-    a fit that was killed continues from it when run again with the same parameters.
+    a fit that was killed continues from it when run again with the same parameters; the checkpoint
+    is removed when the fit ends.
     """
 
     _rate = "ip"
