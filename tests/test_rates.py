@@ -15,6 +15,7 @@ from torch import nn
 from ipae.information import draw_partners, reparameterise
 from ipae.mixture import mutual_information
 from ipae.rates import RATES, Bhattacharyya, InformationPotential, Jensen, MonteCarlo, PairwiseKL, PriorKL, create, spec
+from references import bhattacharyya, kl
 
 F64 = torch.float64
 B, D = 9, 3
@@ -64,16 +65,7 @@ def _kl_to_prior_by_loops(mu: torch.Tensor, logvar: torch.Tensor) -> float:
     return sum(rows) / len(rows)
 
 
-def _kl(mi, li, mj, lj) -> float:
-    return sum(0.5 * (lj[d] - li[d] + (math.exp(li[d]) + (mi[d] - mj[d]) ** 2) / math.exp(lj[d]) - 1) for d in range(len(mi)))
-
-
-def _bd(mi, li, mj, lj) -> float:
-    total = 0.0
-    for d in range(len(mi)):
-        si, sj = math.exp(li[d]), math.exp(lj[d])
-        total += (mi[d] - mj[d]) ** 2 / (4 * (si + sj)) + 0.5 * math.log((si + sj) / 2) - 0.25 * (li[d] + lj[d])
-    return total
+_kl, _bd = kl, bhattacharyya
 
 
 def _mixture_by_loops(name: str, mu: torch.Tensor, logvar: torch.Tensor) -> float:
