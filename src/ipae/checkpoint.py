@@ -116,9 +116,7 @@ def load_model(directory: str | Path, *, encoder: nn.Module | None = None, decod
             f"{directory}: the model has networks of its own; load it with encoder= and decoder= modules built as when it was saved"
         )
     if architecture is not None and (encoder is not None or decoder is not None):
-        raise ValueError(
-            f"{directory}: the model builds its own networks ({fields['architecture']['kind']}); pass no encoder or decoder"
-        )
+        raise ValueError(f"{directory}: the model builds its own networks ({fields['architecture']['kind']}); pass no encoder or decoder")
     try:
         model = AutoEncoder(encoder, decoder, **options) if architecture is None else AutoEncoder.from_architecture(architecture, **options)
     except (ValueError, TypeError) as error:

@@ -161,22 +161,17 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _rate_and_training(args) -> tuple[dict, TrainConfig]:
-    """The rate's spec and the training config of `toy` and `mnist`, from their options."""
+def _run(args):
+    """The run of `toy` and `mnist`: the rate, its beta and the training config, from their options."""
+    from ipae.experiments.runs import Run
     from ipae.fitting import from_options
+    from ipae.rates import create
 
     names = ("rate", "beta", "n_partners", "mc_samples", "steps", "batch_size", "lr", "precision", "compile")
     spec, config = from_options({name: getattr(args, name) for name in names if getattr(args, name, None) not in (None, False)})
-    return spec, TrainConfig(**{**config.to_dict(), "progress": False if args.quiet else None})
-
-
-def _run(args):
-    from ipae.experiments.runs import Run
-    from ipae.rates import create
-
-    spec, config = _rate_and_training(args)
     rate = create(spec.rate, **spec.rate_options)
-    return Run(rate, rate.default_beta if spec.beta is None else spec.beta, args.seed or 0, config)
+    training = TrainConfig(**{**config.to_dict(), "progress": False if args.quiet else None})
+    return Run(rate, rate.default_beta if spec.beta is None else spec.beta, args.seed or 0, training)
 
 
 def _toy(args) -> int:
@@ -221,20 +216,11 @@ def _mnist(args) -> int:
 
 
 def _fit(args, given: dict) -> int:
-    from ipae.checkpoint import read_metadata, save_model
     from ipae.data.arrays import load_array
-    from ipae.fitting import fit, from_options, options_toml, read_options
-    from ipae.results import json_lines, tensorboard_writer, write_atomic, write_json
+    from ipae.fitting import fit, from_options, merged_options, save_fit
+    from ipae.results import json_lines, tensorboard_writer
 
-    options = {}
-    if args.resume:  # the options it ran with, then --config, then the command line
-        options |= read_metadata(args.resume).get("fit", {})
-    if args.config:
-        options |= read_options(args.config)
-    options |= given
-    if "data" not in options:
-        raise ValueError('no data: give DATA, or `data = "..."` in the --config file')
-    options["data"] = str(Path(options["data"]).absolute())
+    options = merged_options(given, resume=args.resume, config=args.config)
     spec, config = from_options(options)
     if args.out.exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} already exists; choose another --out or pass --overwrite")
@@ -270,10 +256,7 @@ def _fit(args, given: dict) -> int:
                     f"the run so far is in {checkpoint}; continue it with `ipae fit --resume {checkpoint} --out {args.out}`"
                 ) from None
             raise
-        save_model(model, out, state=result.state, metadata={"fit": options})
-        write_atomic(out / "config.toml", lambda tmp: tmp.write_text(options_toml(options)))
-        summary = {"loss": result.loss[-1], "distortion": result.distortion[-1], "rate": result.rate[-1], "train_seconds": result.seconds}
-        write_json(out / "metrics.json", {"steps": len(result.loss), **{key: float(value) for key, value in summary.items()}})
+        save_fit(out, model, result, options)
     if tensorboard is not None:
         tensorboard.close()
     if is_main_process():

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import torch
 
+from ipae.checkpoint import read_metadata, save_model
 from ipae.data.arrays import value_range
 from ipae.models import AutoEncoder
 from ipae.networks import ARCHITECTURES, MLP, Conv
 from ipae.rates import RATES, create
+from ipae.results import write_atomic, write_json
 from ipae.train import TrainConfig, TrainResult, train
 
 if sys.version_info >= (3, 11):
@@ -22,7 +24,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["ModelSpec", "build_model", "fit", "OPTIONS", "from_options", "read_options", "options_toml"]
+__all__ = ["ModelSpec", "build_model", "fit", "OPTIONS", "from_options", "read_options", "options_toml", "merged_options", "save_fit"]
 
 
 @dataclass(frozen=True)
@@ -140,3 +142,25 @@ def options_toml(options: dict) -> str:
     """`options` as a flat TOML document (JSON writes strings, numbers, booleans and lists as TOML does)."""
     values = {name: list(value) if isinstance(value, tuple) else value for name, value in options.items() if value is not None}
     return "".join(f"{name} = {json.dumps(value)}\n" for name, value in values.items())
+
+
+def merged_options(given: dict, *, resume: str | Path | None = None, config: str | Path | None = None) -> dict:
+    """The options of a fit: those the run in `resume` ran with, then the TOML file `config`, then
+    `given` (the command line), each overriding the one before; `data` made absolute."""
+    options = {}
+    if resume is not None:
+        options |= read_metadata(resume).get("fit", {})
+    if config is not None:
+        options |= read_options(config)
+    options |= given
+    if "data" not in options:
+        raise ValueError('no data: give DATA, or `data = "..."` in the --config file')
+    return options | {"data": str(Path(options["data"]).absolute())}
+
+
+def save_fit(directory: Path, model: AutoEncoder, result: TrainResult, options: dict) -> None:
+    """A fit's model directory: the model with its training state and options, config.toml, metrics.json."""
+    save_model(model, directory, state=result.state, metadata={"fit": options})
+    write_atomic(directory / "config.toml", lambda tmp: tmp.write_text(options_toml(options)))
+    final = {"loss": result.loss[-1], "distortion": result.distortion[-1], "rate": result.rate[-1], "train_seconds": result.seconds}
+    write_json(directory / "metrics.json", {"steps": len(result.loss), **{key: float(value) for key, value in final.items()}})
