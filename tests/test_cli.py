@@ -319,13 +319,14 @@ def test_reproduce_figure2_tiny_on_the_real_files_and_resumed(tmp_path, capsys):
     assert (out / "runs" / "vae-beta1e-05" / "repeat-0.json").stat().st_mtime_ns == before
 
 
-@pytest.mark.parametrize("figure", ["figure2", "conv-mnist"])
+@pytest.mark.parametrize("figure", ["figure2", "conv-mnist", "rate-matched"])
 def test_sweep_options_are_refused_elsewhere_and_bad_data_writes_nothing(tmp_path, capsys, figure):
     code, _, error = run(capsys, "reproduce", "figure1", "--repeats", "2", "--out", str(tmp_path / "out"))
-    assert code == 2 and "apply to figure2 and conv-mnist only" in error and error.count("\n") == 1
-    code, _, error = run(capsys, "reproduce", figure, "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"))
+    assert code == 2 and "apply to figure2, conv-mnist and rate-matched only" in error and error.count("\n") == 1
+    dataset = ["--dataset", "mnist134"] if figure == "rate-matched" else []
+    code, _, error = run(capsys, "reproduce", figure, *dataset, "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"))
     assert code == 2 and error.count("\n") == 1 and "missing MNIST files" in error
-    code, _, error = run(capsys, "reproduce", figure, "--resume", "--overwrite", "--out", str(tmp_path / "out"))
+    code, _, error = run(capsys, "reproduce", figure, *dataset, "--resume", "--overwrite", "--out", str(tmp_path / "out"))
     assert code == 2 and error.count("\n") == 1 and "choose one" in error
     assert not (tmp_path / "out").exists()
 

@@ -62,13 +62,23 @@ def small_toy_data(monkeypatch):
 def test_a_run_names_itself_and_its_row():
     run = Run(InformationPotential(8), 1e-5, 3, TrainConfig(steps=7, precision="bf16"))
     assert run.name() == "ip-n_partners8-beta1e-05"
-    assert run.row() == {"rate": "ip", "options": "n_partners=8", "beta": 1e-5, "steps": 7, "seed": 3, "precision": "bf16"}
+    assert run.row() == {
+        "rate": "ip",
+        "options": "n_partners=8",
+        "beta": 1e-5,
+        "steps": 7,
+        "seed": 3,
+        "precision": "bf16",
+        "paper_exact": False,
+    }
     assert run.describe() == {
         "rate": {"name": "ip", "n_partners": 8},
         "beta": 1e-5,
         "seed": 3,
+        "paper_exact": False,
         "training": TrainConfig(steps=7, precision="bf16").to_dict(),
     }
+    assert Run(PriorKL(), 1.0, 0, QUIET, paper_exact=True).name() == "vae-beta1-paper"
     assert json.loads(json.dumps(run.describe())) == run.describe()
     every = Run(InformationPotential(None), 0.01, 0, QUIET)
     assert every.name() == "ip-n_partnersall-beta0.01" and every.row()["options"] == "n_partners=all"
@@ -163,7 +173,11 @@ def test_the_figure1_grid_covers_both_models_fairly():
 def test_reproduce_figure1_writes_one_cell_per_run(tmp_path, small_toy_data, monkeypatch):
     every = figure1.figure1_runs
     monkeypatch.setattr(
-        figure1, "figure1_runs", lambda training, seed=0: [run for run in every(training, seed=seed) if run.beta in (0.1, 3.0)]
+        figure1,
+        "figure1_runs",
+        lambda training, seed=0, paper_exact=False: [
+            run for run in every(training, seed=seed, paper_exact=paper_exact) if run.beta in (0.1, 3.0)
+        ],
     )
     with counted_steps() as steps:
         rows = figure1.reproduce_figure1(tmp_path, TrainConfig(steps=2, progress=False), jobs=1, progress=False)

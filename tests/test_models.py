@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+import ipae
 import ipae.models
 from ipae.layers import Dense
 from ipae.models import DISTORTIONS, LOGVAR_LIMIT, PRESETS, AutoEncoder, LossTerms, Noise
@@ -241,7 +242,7 @@ def test_good_options_are_accepted():
     assert AutoEncoder(encoder, decoder, beta=2).beta == 2.0 and isinstance(AutoEncoder(encoder, decoder, beta=2).beta, float)
     assert AutoEncoder(encoder, decoder, logvar_limit=None).logvar_limit is None
     assert AutoEncoder(encoder, decoder, logvar_limit=3).logvar_limit == 3
-    assert set(DISTORTIONS) == {"mse", "bernoulli"}
+    assert set(DISTORTIONS) == {"mse", "mean-mse", "bernoulli"}
 
 
 # --- presets and architecture -------------------------------------------------------------------------------------
@@ -688,3 +689,48 @@ def test_importing_the_model_module_loads_nothing_of_training_checkpoints_or_dis
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
     assert {"ipae.models", "ipae.rates", "ipae.networks"} <= loaded
     assert not loaded & FORBIDDEN, loaded & FORBIDDEN
+
+
+# paper-exact mode: the objective as printed
+
+
+def test_paper_exact_ipae_is_eq_11_as_printed():
+    """Eq. 11 term by term in float64 with loops: 1 / (2 K N^2) sum_i sum_k sum_j (d_ik + beta * sum_d
+    (mu_j - mu_i - sigma_i eps_k)^2 / sigma_j^2), d the mean squared error (section 4.1), all N partners."""
+    torch.manual_seed(0)
+    model = AutoEncoder.from_preset("toy", rate=InformationPotential(None), beta=0.3, paper_exact=True, hidden=(8,)).double()
+    assert model.logvar_limit is None and model.distortion == "mean-mse" and model.distortion_weight == 0.5
+    x = torch.randn(5, 2, dtype=torch.float64)
+    eps = torch.randn(3, 5, 16, dtype=torch.float64)
+    with torch.no_grad():
+        terms = model.objective(x, eps)
+        mu, logvar = model.encoder(x)  # no bound: the raw linear log-variance
+    sigma = (0.5 * logvar).exp()
+    n, k = len(x), len(eps)
+    total = 0.0
+    for i in range(n):
+        for s in range(k):
+            z = mu[i] + sigma[i] * eps[s, i]
+            with torch.no_grad():
+                d = float(((model.decoder(z[None])[0] - x[i]) ** 2).mean())
+            for j in range(n):
+                total += d + 0.3 * float((((mu[j] - z) ** 2) / sigma[j] ** 2).sum())
+    assert float(terms.loss) == pytest.approx(total / (2 * k * n * n), rel=1e-12)
+
+
+def test_paper_exact_vae_keeps_eq_2_and_mnist_keeps_its_cross_entropy():
+    vae = AutoEncoder.from_preset("toy", rate="vae", paper_exact=True)
+    assert (vae.logvar_limit, vae.distortion, vae.distortion_weight) == (None, "mean-mse", 1.0)
+    mnist = AutoEncoder.from_preset("mnist", rate="ip", paper_exact=True)
+    assert (mnist.logvar_limit, mnist.distortion, mnist.distortion_weight) == (None, "bernoulli", 0.5)
+    default = AutoEncoder.from_preset("toy")
+    assert (default.logvar_limit, default.distortion, default.distortion_weight) == (LOGVAR_LIMIT, "mse", 1.0)
+    with pytest.raises(ValueError, match="distortion_weight"):
+        AutoEncoder(*MLP(hidden=(4,)).build(torch.Generator()), distortion_weight=0)
+
+
+def test_paper_exact_models_save_and_load_as_they_are(tmp_path):
+    model = AutoEncoder.from_preset("toy", rate="ip", paper_exact=True, hidden=(8,))
+    ipae.save(model, tmp_path / "m")
+    loaded = ipae.load(tmp_path / "m")
+    assert (loaded.logvar_limit, loaded.distortion, loaded.distortion_weight) == (None, "mean-mse", 0.5)

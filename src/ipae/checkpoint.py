@@ -53,6 +53,7 @@ def model_record(model: AutoEncoder) -> dict:
         "distortion": model.distortion,
         "beta": model.beta,
         "logvar_limit": model.logvar_limit,
+        "distortion_weight": model.distortion_weight,
     }
 
 
@@ -108,6 +109,7 @@ def load_model(directory: str | Path, *, encoder: nn.Module | None = None, decod
         fields = record["model"]
         rate = create(**fields["rate"])
         options = {"rate": rate, "distortion": fields["distortion"], "beta": fields["beta"], "logvar_limit": fields["logvar_limit"]}
+        options["distortion_weight"] = fields.get("distortion_weight", 1.0)  # older model.json files lack it: 1
         architecture = None if fields["architecture"] is None else architecture_from_dict(fields["architecture"])
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{path}: not a valid model description ({error})") from None

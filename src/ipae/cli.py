@@ -60,6 +60,13 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
+
+
 def _partners(text: str) -> int | str:
     return "all" if text == "all" else _number(int, lambda v: v >= 1, "an integer >= 1 or 'all'")(text)
 
@@ -86,6 +93,14 @@ def _options(parser, default=argparse.SUPPRESS, *, training: bool = True) -> Non
     )
 
 
+def _paper_exact(parser) -> None:
+    parser.add_argument(
+        "--paper-exact",
+        action="store_true",
+        help="the model as printed: no log-variance bound, the toy's mean squared error, eq. 11's weight 1/2 on IPAE's distortion",
+    )
+
+
 def _output(parser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output directory (must not exist)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
@@ -105,9 +120,11 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     toy = commands.add_parser("toy", help="one model on the paper's 25-Gaussian toy task", epilog=THREADS_HELP)
     _options(toy, None)
+    _paper_exact(toy)
     _output(toy)
     mnist = commands.add_parser("mnist", help="the paper's MNIST experiment for one configuration (digits 1, 3, 4)", epilog=THREADS_HELP)
     _options(mnist, None, training=False)
+    _paper_exact(mnist)
     mnist.add_argument("--steps", type=_positive_int)
     mnist.add_argument("--repeats", type=_positive_int, default=10, help="new weights and training subset each (default 10)")
     mnist.add_argument("--data-dir", type=Path, help="a directory with the four MNIST files (default: the cache, downloading)")
@@ -148,15 +165,23 @@ def _build_parser() -> argparse.ArgumentParser:
     info.add_argument("--samples", type=_positive_int, default=16, help="Monte Carlo draws per data point (default 16)")
     info.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo draws")
     reproduce = commands.add_parser("reproduce", help="reproduce an experiment", epilog=THREADS_HELP)
-    reproduce.add_argument("figure", choices=("figure1", "figure2", "rate-distortion", "conv-mnist"))
+    reproduce.add_argument("figure", choices=("figure1", "figure2", "rate-distortion", "conv-mnist", "rate-matched"))
     reproduce.add_argument("--steps", type=_positive_int, default=5000, help="training steps per run (paper: 5000)")
     reproduce.add_argument("--seed", type=int, default=0)
     reproduce.add_argument("--precision", choices=PRECISIONS, default="fp32")
     reproduce.add_argument("--compile", action="store_true", help="torch.compile the objective")
     reproduce.add_argument("--jobs", type=_positive_int, default=os.cpu_count() or 1, help="runs in parallel, one thread each")
-    reproduce.add_argument("--repeats", type=_positive_int, help="figure2: repeats per cell (default 10); conv-mnist: seeds (default 3)")
-    reproduce.add_argument("--data-dir", type=Path, help="figure2, conv-mnist: a directory with the four MNIST files (default: the cache)")
-    reproduce.add_argument("--resume", action="store_true", help="figure2, conv-mnist: continue the sweep in --out")
+    reproduce.add_argument(
+        "--repeats",
+        type=_positive_int,
+        help="figure2: repeats per cell (default 10); conv-mnist: seeds (3); rate-matched: repeats (5, pilot 1)",
+    )
+    reproduce.add_argument("--data-dir", type=Path, help="figure2, conv-mnist, rate-matched: a directory with the four MNIST files")
+    reproduce.add_argument("--resume", action="store_true", help="figure2, conv-mnist, rate-matched: continue the sweep in --out")
+    _paper_exact(reproduce)
+    reproduce.add_argument("--rates", type=_names, help="figure2: only the cells of these rates, comma-separated (vae, ip)")
+    reproduce.add_argument("--dataset", choices=("toy", "mnist134", "mnist10"), help="rate-matched: the data (required)")
+    reproduce.add_argument("--pilot", action="store_true", help="rate-matched: the pilot's wide grids, one repeat")
     _output(reproduce)
     return parser
 
@@ -171,7 +196,7 @@ def _run(args):
     spec, config = from_options({name: getattr(args, name) for name in names if getattr(args, name, None) not in (None, False)})
     rate = create(spec.rate, **spec.rate_options)
     training = TrainConfig(**{**config.to_dict(), "progress": False if args.quiet else None})
-    return Run(rate, rate.default_beta if spec.beta is None else spec.beta, args.seed or 0, training)
+    return Run(rate, rate.default_beta if spec.beta is None else spec.beta, args.seed or 0, training, args.paper_exact)
 
 
 def _toy(args) -> int:
@@ -297,14 +322,22 @@ def _output_directory(args) -> Iterator[Path]:
 
 def _reproduce(args) -> int:
     from ipae.data.mnist import mnist_directory
-    from ipae.experiments import conv_mnist, figure1, figure2, rate_distortion
+    from ipae.experiments import conv_mnist, figure1, figure2, rate_distortion, rate_matched
     from ipae.results import markdown_table, staged_directory
 
     if launched():
         raise ValueError("ipae reproduce runs its grid in parallel itself (--jobs); start it without torchrun")
-    sweep = args.figure in ("figure2", "conv-mnist")  # these write into --out as they go, so that they can be resumed
+    sweep = args.figure in ("figure2", "conv-mnist", "rate-matched")  # these write into --out as they go, so that they can be resumed
     if not sweep and (args.repeats is not None or args.data_dir is not None or args.resume):
-        raise ValueError("--repeats, --data-dir and --resume apply to figure2 and conv-mnist only")
+        raise ValueError("--repeats, --data-dir and --resume apply to figure2, conv-mnist and rate-matched only")
+    if args.paper_exact and args.figure not in ("figure1", "figure2"):
+        raise ValueError("--paper-exact applies to figure1 and figure2 only")
+    if args.rates is not None and args.figure != "figure2":
+        raise ValueError("--rates applies to figure2 only")
+    if args.figure == "rate-matched" and args.dataset is None:
+        raise ValueError("rate-matched needs --dataset: toy, mnist134 or mnist10")
+    if args.figure != "rate-matched" and (args.dataset is not None or args.pilot):
+        raise ValueError("--dataset and --pilot apply to rate-matched only")
     if args.resume and args.overwrite:
         raise ValueError("--resume keeps the finished runs in --out, --overwrite deletes them: choose one")
     if sweep and args.out.exists() and not (args.resume or args.overwrite):
@@ -313,14 +346,29 @@ def _reproduce(args) -> int:
     training = TrainConfig(steps=args.steps, precision=args.precision, compile=args.compile, progress=False)
     device = resolve_device(args.device)
     experiments = {
-        "figure1": (figure1, partial(figure1.reproduce_figure1, seed=args.seed, device=device)),
+        "figure1": (figure1, partial(figure1.reproduce_figure1, seed=args.seed, paper_exact=args.paper_exact, device=device)),
         "rate-distortion": (rate_distortion, partial(rate_distortion.reproduce_rate_distortion, seed=args.seed, device=device)),
-        "figure2": (figure2, partial(figure2.reproduce_figure2, seed=args.seed, repeats=args.repeats or 10, device=device)),
+        "figure2": (
+            figure2,
+            partial(
+                figure2.reproduce_figure2,
+                seed=args.seed,
+                repeats=args.repeats or 10,
+                paper_exact=args.paper_exact,
+                rates=args.rates,
+                device=device,
+            ),
+        ),
         "conv-mnist": (conv_mnist, partial(conv_mnist.reproduce_conv_mnist, seeds=args.repeats or 3)),
+        "rate-matched": (
+            rate_matched,
+            partial(rate_matched.reproduce_rate_matched, dataset=args.dataset, pilot=args.pilot, repeats=args.repeats, seed=args.seed),
+        ),
     }
     module, reproduce = experiments[args.figure]
     if sweep:
-        data_dir = mnist_directory(args.data_dir)  # found, checked or downloaded before anything is written
+        # MNIST is found, checked or downloaded before anything is written
+        data_dir = None if args.dataset == "toy" else mnist_directory(args.data_dir)
         if args.overwrite and args.out.exists():
             shutil.rmtree(args.out)
         try:
@@ -330,7 +378,7 @@ def _reproduce(args) -> int:
     else:
         with staged_directory(args.out, overwrite=args.overwrite) as stage:
             rows = reproduce(stage, training, **common)
-    print(markdown_table(rows, module.COLUMNS) + module.summary(rows))
+    print(module.report(rows) if module is rate_matched else markdown_table(rows, module.COLUMNS) + module.summary(rows))
     print(f"-> {args.out}")
     return 0
 

@@ -19,7 +19,7 @@ from ipae.information import reparameterise
 from ipae.networks import MLP, Conv
 from ipae.rates import Rate, create
 
-__all__ = ["AutoEncoder", "LossTerms", "Noise", "Preset", "PRESETS", "DISTORTIONS", "LOGVAR_LIMIT"]
+__all__ = ["AutoEncoder", "paper_conventions", "LossTerms", "Noise", "Preset", "PRESETS", "DISTORTIONS", "LOGVAR_LIMIT"]
 
 # logvar = LOGVAR_LIMIT * tanh(raw / LOGVAR_LIMIT): the identity near 0 (so a fresh encoder starts at
 # sigma ~ 1 as usual) but bounded to [-15, 15], i.e. sigma^2 in [3e-7, 3.3e6]. Inside that range 1/sigma^2,
@@ -29,7 +29,7 @@ LOGVAR_LIMIT = 15.0
 
 
 class LossTerms(NamedTuple):
-    """Scalars of one batch: loss = distortion + beta * rate, each a batch mean."""
+    """Scalars of one batch: loss = distortion_weight * distortion + beta * rate, each a batch mean."""
 
     loss: Tensor
     distortion: Tensor
@@ -52,14 +52,20 @@ def _squared_error(output: Tensor, x: Tensor) -> Tensor:
     return (output - x).square().flatten(1).sum(dim=1)
 
 
+def _mean_squared_error(output: Tensor, x: Tensor) -> Tensor:
+    return (output - x).square().flatten(1).mean(dim=1)
+
+
 def _bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(dim=1)
 
 
-# "mse": squared error summed over a sample's values (the toy task); "bernoulli": the cross-entropy of
-# section 4.2 summed over pixels, computed from logits so that it is finite at saturated pixels.
+# "mse": squared error summed over a sample's values (the toy task); "mean-mse": the mean over them
+# instead, section 4.1's "mean square error" as printed (the paper-exact toy); "bernoulli": the
+# cross-entropy of section 4.2 summed over pixels, from logits so that it is finite at saturated pixels.
 DISTORTIONS: dict[str, Distortion] = {
     "mse": Distortion(_squared_error, lambda output: output),
+    "mean-mse": Distortion(_mean_squared_error, lambda output: output),
     "bernoulli": Distortion(_bernoulli_nll, torch.sigmoid),
 }
 
@@ -87,6 +93,19 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def paper_conventions(options: dict) -> dict:
+    """The model options that follow the paper as printed, for a model of `options` (rate, distortion):
+    no log-variance bound (a plain linear log-variance), "mean-mse" for "mse" (section 4.1's "mean
+    square error"), and distortion weight 1/2 for IPAE (eq. 11 sums d over the N partners inside its
+    1 / (2 K N^2)); the VAE's objective is eq. 2, weight 1. docs/reproducing.md tables what each does to beta."""
+    rate = options["rate"]
+    return {
+        "logvar_limit": None,
+        "distortion": "mean-mse" if options["distortion"] == "mse" else options["distortion"],
+        "distortion_weight": 0.5 if getattr(rate, "name", rate) == "ip" else 1.0,
+    }
+
+
 class AutoEncoder(nn.Module):
     """Stochastic Gaussian encoder z = mu(x) + sigma(x) * eps (eq. 3) and a decoder g(z).
 
@@ -94,7 +113,9 @@ class AutoEncoder(nn.Module):
     log-variance smoothly to (-logvar_limit, logvar_limit) (None: no bound), so the encoder need not.
     `decoder`: any module mapping z (B, D) to an output shaped like x (logits for "bernoulli").
     `rate`: a `ipae.rates.Rate` or its name (`"ip"`, `"vae"`, ...). The objective (eq. 11 for IPAE,
-    eq. 2 with eq. 5 for the VAE) is mean_i d(x_i, g(z_i)) + beta * rate.
+    eq. 2 with eq. 5 for the VAE) is distortion_weight * mean_i d(x_i, g(z_i)) + beta * rate.
+    `distortion_weight`: 1 by default; eq. 11 as printed puts d inside its 1 / (2 K N^2) sum over
+    N partners, which weights it by 1/2 (`from_preset(..., paper_exact=True)` sets that for IPAE).
     `architecture`: the builder the networks came from (set by `from_preset`), so that saving can
     record it; None for networks of your own (then loading takes them back: `ipae.load(path, encoder=..., decoder=...)`).
     """
@@ -108,6 +129,7 @@ class AutoEncoder(nn.Module):
         distortion: str = "mse",
         beta: float = 0.01,
         logvar_limit: float | None = LOGVAR_LIMIT,
+        distortion_weight: float = 1.0,
         architecture: MLP | Conv | None = None,
     ) -> None:
         super().__init__()
@@ -122,17 +144,32 @@ class AutoEncoder(nn.Module):
             isinstance(logvar_limit, bool) or not (isinstance(logvar_limit, (int, float)) and 0 < logvar_limit < math.inf)
         ):
             raise ValueError(f"logvar_limit must be a finite number > 0 or None, got {logvar_limit!r}")
+        if isinstance(distortion_weight, bool) or not (
+            isinstance(distortion_weight, (int, float)) and math.isfinite(distortion_weight) and distortion_weight > 0
+        ):
+            raise ValueError(f"distortion_weight must be a finite number > 0, got {distortion_weight!r}")
+        self.distortion_weight = float(distortion_weight)
         self.encoder, self.decoder, self.rate = encoder, decoder, rate
         self.distortion, self.beta, self.logvar_limit, self.architecture = distortion, float(beta), logvar_limit, architecture
 
     @classmethod
     def from_preset(
-        cls, name: str, *, seed: int = 0, rate: Rate | str = "ip", beta: float | None = None, distortion: str | None = None, **architecture
+        cls,
+        name: str,
+        *,
+        seed: int = 0,
+        rate: Rate | str = "ip",
+        beta: float | None = None,
+        distortion: str | None = None,
+        paper_exact: bool = False,
+        **architecture,
     ) -> AutoEncoder:
         """A model of a named architecture (`PRESETS`): `"toy"`, `"mnist"` (the paper's MLPs) or `"conv"`.
 
         Keyword arguments beyond these change the architecture, e.g. `input_shape=(3, 32, 32)` for
         `"conv"` or `hidden=(512, 256)` for an MLP. The initial weights come from `seed`.
+        `paper_exact`: switch off what the paper does not do (`paper_conventions`): no log-variance
+        bound, the toy distortion as the mean squared error, and eq. 11's weight 1/2 on IPAE's distortion.
         """
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose from {', '.join(sorted(PRESETS))}")
@@ -141,9 +178,9 @@ class AutoEncoder(nn.Module):
             built = replace(preset.architecture, **architecture)
         except TypeError as error:
             raise ValueError(f"preset {name!r}: {error}") from None
-        return cls.from_architecture(
-            built, seed=seed, rate=rate, beta=preset.beta if beta is None else beta, distortion=distortion or preset.distortion
-        )
+        rate = create(rate) if isinstance(rate, str) else rate
+        options = {"rate": rate, "beta": preset.beta if beta is None else beta, "distortion": distortion or preset.distortion}
+        return cls.from_architecture(built, seed=seed, **(options | (paper_conventions(options) if paper_exact else {})))
 
     @classmethod
     def from_architecture(cls, architecture: MLP | Conv, *, seed: int = 0, **options) -> AutoEncoder:
@@ -162,6 +199,10 @@ class AutoEncoder(nn.Module):
     def decode(self, z: Tensor) -> Tensor:
         """z (B, D) -> reconstruction (B, ...) in data space (probabilities for "bernoulli")."""
         return DISTORTIONS[self.distortion].mean(self.decoder(z).to(z.dtype))
+
+    def distortion_per_sample(self, x: Tensor, z: Tensor) -> Tensor:
+        """d(x_i, g(z_i)) of each sample, unweighted: x (B, ...), z (B, D) -> (B,)."""
+        return DISTORTIONS[self.distortion].per_sample(self.decoder(z).to(x.dtype), x)
 
     def draw_noise(self, shape: tuple[int, int], *, generator: torch.Generator | None, n_samples: int = 1) -> Noise:
         """The draws of a batch of codes of `shape` (B, D): eps (K = `n_samples`, B, D) in the parameters'
@@ -196,4 +237,4 @@ class AutoEncoder(nn.Module):
             target = x.expand(eps.shape[0], *x.shape).flatten(0, 1)  # (K * B, ...)
             distortion = DISTORTIONS[self.distortion].per_sample(output, target).mean()
             rate = self.rate(gather(mu), gather(logvar), gather(z), draws=draws)
-        return LossTerms(distortion + self.beta * rate, distortion, rate)
+        return LossTerms(self.distortion_weight * distortion + self.beta * rate, distortion, rate)

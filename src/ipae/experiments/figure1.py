@@ -26,10 +26,10 @@ IPAE_BETAS = (0.001, 0.003, 0.01, 0.03, 0.1)
 COLUMNS = ("rate", "options", "beta", "steps", "seed", "precision", "status", "E", "E_sampled", "E_identity", "train_seconds")
 
 
-def figure1_runs(training: TrainConfig, *, seed: int = 0) -> list[Run]:
+def figure1_runs(training: TrainConfig, *, seed: int = 0, paper_exact: bool = False) -> list[Run]:
     """The grid: the VAE at VAE_BETAS, IPAE (N_j = 1) at IPAE_BETAS, each trained as `training` says."""
-    return [Run(PriorKL(), beta, seed, training) for beta in VAE_BETAS] + [
-        Run(InformationPotential(1), beta, seed, training) for beta in IPAE_BETAS
+    return [Run(PriorKL(), beta, seed, training, paper_exact) for beta in VAE_BETAS] + [
+        Run(InformationPotential(1), beta, seed, training, paper_exact) for beta in IPAE_BETAS
     ]
 
 
@@ -42,14 +42,15 @@ def reproduce_figure1(
     training: TrainConfig,
     *,
     seed: int = 0,
+    paper_exact: bool = False,
     jobs: int = 1,
     device: torch.device | str | None = None,
     progress: bool | None = None,
 ) -> list[dict]:
-    """Run the grid into the existing directory `out` and write there:
+    """Run the grid (`paper_exact`: models as printed, `ipae.models.paper_conventions`) into the existing directory `out` and write there:
     runs/<run name>/ (each run's metrics, panel and model), cells.json (every run's metrics),
     figure1.{md,csv,json} (the table) and figure1.png (the grid of panels). Returns the table's rows."""
-    runs = figure1_runs(training, seed=seed)
+    runs = figure1_runs(training, seed=seed, paper_exact=paper_exact)
     (out / "runs").mkdir()
     outcomes = map_runs(partial(_run_into, out / "runs", device), runs, jobs=jobs, progress=progress, desc="figure 1")
     rows = [{**run.row(), **outcome.metrics} for run, outcome in zip(runs, outcomes, strict=True)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from functools import partial
 from pathlib import Path
@@ -11,10 +10,9 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from ipae._version import __version__
 from ipae.experiments.mnist import draw_codes, first_successful_repeat, run_repeat, summarise_repeats, title
 from ipae.experiments.parallel import map_runs
-from ipae.experiments.runs import Run
+from ipae.experiments.runs import Run, claim_sweep
 from ipae.rates import InformationPotential, PriorKL
 from ipae.results import save_png, write_json, write_table
 from ipae.train import TrainConfig
@@ -30,16 +28,23 @@ IPAE_PAIRS = (8, 64, None)
 COLUMNS = ("rate", "options", "beta", "steps", "precision", "repeats", "failed_repeats", "svm_error", "svm_error_std")
 COLUMNS += ("pca_within_class", "train_seconds")
 # The settings a resumed sweep must share with the runs it keeps.
-SWEEP_SETTINGS = ("steps", "seed", "precision")
+SWEEP_SETTINGS = ("steps", "seed", "precision", "paper_exact")
 
 
-def figure2_runs(training: TrainConfig, *, seed: int = 0) -> list[Run]:
-    """The ten cells of the grid, each trained as `training` says (the paper's settings by default)."""
-    return (
-        [Run(PriorKL(), beta, seed, training) for beta in VAE_BETAS]
-        + [Run(InformationPotential(1), beta, seed, training) for beta in IPAE_BETAS]
-        + [Run(InformationPotential(pairs), IPAE_BETAS[0], seed, training) for pairs in IPAE_PAIRS]
+def figure2_runs(training: TrainConfig, *, seed: int = 0, paper_exact: bool = False, rates: tuple[str, ...] | None = None) -> list[Run]:
+    """The ten cells of the grid, each trained as `training` says (the paper's settings by default);
+    `paper_exact`: models as printed (`ipae.models.paper_conventions`); `rates`: only the cells of these rates."""
+    runs = (
+        [Run(PriorKL(), beta, seed, training, paper_exact) for beta in VAE_BETAS]
+        + [Run(InformationPotential(1), beta, seed, training, paper_exact) for beta in IPAE_BETAS]
+        + [Run(InformationPotential(pairs), IPAE_BETAS[0], seed, training, paper_exact) for pairs in IPAE_PAIRS]
     )
+    if rates is not None:
+        unknown = set(rates) - {run.rate.name for run in runs}
+        if unknown:
+            raise ValueError(f"figure 2 has no cells of rate {', '.join(sorted(unknown))}; its rates are vae and ip")
+        runs = [run for run in runs if run.rate.name in rates]
+    return runs
 
 
 def _repeat_into(runs_directory: Path, data_dir: Path | None, device: str | None, task: tuple[Run, int]) -> dict:
@@ -53,6 +58,8 @@ def reproduce_figure2(
     *,
     seed: int = 0,
     repeats: int = 10,
+    paper_exact: bool = False,
+    rates: tuple[str, ...] | None = None,
     data_dir: Path | None = None,
     jobs: int = 1,
     device: torch.device | str | None = None,
@@ -68,9 +75,11 @@ def reproduce_figure2(
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    settings = {"steps": training.steps, "seed": seed, "precision": training.precision}
-    _claim(out, settings)  # compile changes rounding only, so a resumed sweep may differ in it
-    runs = figure2_runs(training, seed=seed)
+    settings = {"steps": training.steps, "seed": seed, "precision": training.precision, "paper_exact": paper_exact}
+    claim_sweep(
+        out, settings, SWEEP_SETTINGS, kind="figure-2", absent={"paper_exact": False}
+    )  # compile changes rounding only, so a resumed sweep may differ in it
+    runs = figure2_runs(training, seed=seed, paper_exact=paper_exact, rates=rates)
     for run in runs:
         (out / "runs" / run.name()).mkdir(parents=True, exist_ok=True)
     tasks = [(run, repeat) for repeat in range(repeats) for run in runs]
@@ -85,21 +94,6 @@ def reproduce_figure2(
     write_table(out, "figure2", rows, COLUMNS, note=summary(rows))
     save_png(_grid_figure(out, runs, results, rows), out / "figure2.png")
     return rows
-
-
-def _claim(out: Path, settings: dict) -> None:
-    """Make `out` a sweep directory with `settings`, or check that the one there has them."""
-    record = out / "sweep.json"
-    if record.exists():
-        kept = json.loads(record.read_text())
-        differing = [f"{key} {kept.get(key)!r} there, {settings[key]!r} now" for key in SWEEP_SETTINGS if kept.get(key) != settings[key]]
-        if differing:
-            raise ValueError(f"{out} holds a sweep with other settings ({'; '.join(differing)}); use another --out")
-        return
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and does not hold a figure-2 sweep; use another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(record, {**settings, "version": __version__})
 
 
 def summary(rows: list[dict]) -> str:

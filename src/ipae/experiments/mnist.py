@@ -13,44 +13,82 @@ import torch
 from matplotlib.figure import Figure
 
 from ipae.data.mnist import PAPER_DIGITS, PAPER_N_TRAIN, load_mnist
-from ipae.evaluation import linear_svm_error, principal_components, within_class_fraction
+from ipae.diagnostics import INFORMATION_POINTS, diagnose
+from ipae.evaluation import principal_components, within_class_fraction
 from ipae.experiments.parallel import map_runs
 from ipae.experiments.runs import Run, child_seeds, train_logged
 from ipae.models import AutoEncoder
 from ipae.results import save_png, write_atomic, write_json
 
-__all__ = ["MNIST_TRAINING", "run_mnist", "run_repeat", "summarise_repeats", "first_successful_repeat", "title", "draw_codes"]
+__all__ = [
+    "MNIST_TRAINING",
+    "SUBSETS",
+    "information_points",
+    "run_mnist",
+    "run_repeat",
+    "summarise_repeats",
+    "first_successful_repeat",
+    "title",
+    "draw_codes",
+]
 
 # Section 4.2: "the same learning procedure as that of the toy dataset", 5000 steps of 512.
 MNIST_TRAINING = {"steps": 5000, "batch_size": 512, "lr": 1e-3}
 
+# The training sets: digits kept (None: all ten) and training images drawn from them. "mnist134" is
+# the paper's; "mnist10" the same size drawn from all ten digits.
+SUBSETS = {"mnist134": (PAPER_DIGITS, PAPER_N_TRAIN), "mnist10": (None, PAPER_N_TRAIN)}
 
-def run_repeat(run: Run, data_dir: Path | None, out: Path, repeat: int, *, device: str | None = None) -> dict:
-    """Train and evaluate repeat number `repeat` of `run`, writing out/repeat-<r>.json, its training log
-    out/repeat-<r>.jsonl and, unless it failed, out/repeat-<r>-pca.npz (the test codes' 2-D PCA and
-    labels). A finished repeat is not redone."""
+
+def information_points(x_test: np.ndarray, x_train: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """INFORMATION_POINTS rows whose I(x; z) is measured: drawn from the test images, topped up with
+    training images where the test set is smaller (digits 1, 3, 4 have 3127 test images)."""
+    n_test = min(len(x_test), INFORMATION_POINTS)
+    top_up = min(INFORMATION_POINTS - n_test, len(x_train))
+    return np.concatenate(
+        [x_test[rng.choice(len(x_test), n_test, replace=False)], x_train[rng.choice(len(x_train), top_up, replace=False)]]
+    )
+
+
+def run_repeat(run: Run, data_dir: Path | None, out: Path, repeat: int, *, device: str | None = None, dataset: str = "mnist134") -> dict:
+    """Train and evaluate repeat number `repeat` of `run` on `dataset` (`SUBSETS`), writing
+    out/repeat-<r>.json (the settings, the training status and `ipae.diagnostics.diagnose`'s numbers),
+    its training log out/repeat-<r>.jsonl and, unless it failed, out/repeat-<r>-pca.npz (the test
+    codes' 2-D PCA and labels). A finished repeat is not redone. The subset, the initial weights and
+    the batches depend on `run.seed` and `repeat` only, so the repeats of different models are paired."""
     record = out / f"repeat-{repeat}.json"
     if record.exists():
         return json.loads(record.read_text())
-    subset_seed, model_seed, train_seed = child_seeds(child_seeds(run.seed, repeat + 1)[repeat], 3)
-    data = load_mnist(data_dir, digits=PAPER_DIGITS, n_train=PAPER_N_TRAIN, seed=subset_seed)
-    model = AutoEncoder.from_preset("mnist", rate=run.rate, beta=run.beta, seed=model_seed).to(device or "cpu")
+    subset_seed, model_seed, train_seed, evaluation_seed = child_seeds(child_seeds(run.seed, repeat + 1)[repeat], 4)
+    digits, n_train = SUBSETS[dataset]
+    data = load_mnist(data_dir, digits=digits, n_train=n_train, seed=subset_seed)
+    model = AutoEncoder.from_preset("mnist", rate=run.rate, beta=run.beta, seed=model_seed, paper_exact=run.paper_exact).to(device or "cpu")
     x_train = torch.from_numpy(data.x_train)
-    metrics: dict = {"repeat": repeat, "n_train": len(x_train), "n_test": len(data.x_test)}
-    result, status = train_logged(model, x_train, replace(run.training, seed=train_seed, progress=False), out / f"repeat-{repeat}.jsonl")
+    metrics: dict = {"repeat": repeat, "dataset": dataset, **run.row(), "n_train": len(x_train), "n_test": len(data.x_test)}
+    training = replace(run.training, seed=train_seed, progress=False)
+    metrics["train_seed"] = train_seed
+    result, status = train_logged(model, x_train, training, out / f"repeat-{repeat}.jsonl")
     metrics |= status
     if result is None:
         write_json(record, metrics)
         return metrics
-    model.eval()
-    with torch.no_grad():
-        train_codes = model.encode(x_train.to(device or "cpu"))[0].cpu().double().numpy()
-        test_codes = model.encode(torch.from_numpy(data.x_test).to(device or "cpu"))[0].cpu().double().numpy()
-    metrics |= {
-        "svm_error": linear_svm_error(train_codes, data.y_train, test_codes, data.y_test),
+    x_information = information_points(data.x_test, data.x_train, np.random.default_rng(evaluation_seed))
+    found = diagnose(
+        model,
+        torch.from_numpy(data.x_test),
+        y_test=data.y_test,
+        x_train=x_train,
+        y_train=data.y_train,
+        x_information=torch.from_numpy(x_information),
+        seed=evaluation_seed,
+    )
+    metrics |= found | {
+        "I_test_points": min(len(data.x_test), len(x_information)),
         "train_seconds": result.seconds,
         "final_loss": float(result.loss[-1]),
     }
+    with torch.no_grad():
+        test_codes = model.encode(torch.from_numpy(data.x_test).to(device or "cpu"))[0].cpu().double().numpy()
     pca = principal_components(test_codes).astype(np.float32)
     write_atomic(out / f"repeat-{repeat}-pca.npz", partial(_save_npz, pca=pca, labels=data.y_test))
     write_json(record, metrics)
@@ -122,9 +160,9 @@ def title(run: Run, metrics: dict) -> str:
 
 def draw_codes(axes, pca: dict, *, title: str) -> None:
     """The paper's Figure 2 panel: the test codes' first two principal components, coloured by digit."""
-    for digit, colour in zip(PAPER_DIGITS, ("tab:blue", "tab:orange", "tab:green"), strict=True):
+    for index, digit in enumerate(np.unique(pca["labels"])):
         points = pca["pca"][pca["labels"] == digit]
-        axes.scatter(points[:, 0], points[:, 1], s=1, color=colour, label=str(digit), rasterized=True)
+        axes.scatter(points[:, 0], points[:, 1], s=1, color=f"C{index}", label=str(digit), rasterized=True)
     axes.set_title(title, fontsize=9)
     axes.legend(markerscale=6, fontsize=7, loc="best")
     axes.tick_params(labelsize=7)

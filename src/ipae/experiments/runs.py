@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ipae._version import __version__
 from ipae.rates import InformationPotential, Rate, spec
-from ipae.results import json_lines
+from ipae.results import json_lines, write_json
 from ipae.train import TrainConfig, TrainingDiverged, TrainResult, train
 
-__all__ = ["Run", "child_seeds", "train_logged"]
+__all__ = ["Run", "child_seeds", "train_logged", "claim_sweep"]
 
 
 @dataclass(frozen=True)
@@ -23,11 +25,12 @@ class Run:
     beta: float = 0.01  # weight of the rate term
     seed: int = 0  # the data (or subset), the initial weights and the training stream are drawn from it
     training: TrainConfig = field(default_factory=lambda: TrainConfig(progress=False))  # its seed is replaced by one drawn from `seed`
+    paper_exact: bool = False  # the model follows the paper as printed (`ipae.models.paper_conventions`)
 
     def name(self) -> str:
         """A directory name: the rate, its options and beta, e.g. "ip-n_partners8-beta1e-05"."""
         options = "".join(f"-{key}{'all' if value is None else value}" for key, value in spec(self.rate).items() if key != "name")
-        return f"{self.rate.name}{options}-beta{self.beta:g}"
+        return f"{self.rate.name}{options}-beta{self.beta:g}{'-paper' if self.paper_exact else ''}"
 
     def row(self) -> dict:
         """The columns a results table shows of the configuration."""
@@ -40,11 +43,18 @@ class Run:
             "steps": training.steps,
             "seed": self.seed,
             "precision": training.precision,
+            "paper_exact": self.paper_exact,
         }
 
     def describe(self) -> dict:
         """The configuration as JSON."""
-        return {"rate": spec(self.rate), "beta": self.beta, "seed": self.seed, "training": self.training.to_dict()}
+        return {
+            "rate": spec(self.rate),
+            "beta": self.beta,
+            "seed": self.seed,
+            "paper_exact": self.paper_exact,
+            "training": self.training.to_dict(),
+        }
 
 
 def child_seeds(seed: int, count: int) -> list[int]:
@@ -60,3 +70,20 @@ def train_logged(model, data, config: TrainConfig, log: Path) -> tuple[TrainResu
             return train(model, data, config, on_log=write), {"status": "ok"}
     except TrainingDiverged as diverged:
         return None, {"status": "failed", "error": str(diverged), "failed_step": diverged.step, "train_seconds": diverged.result.seconds}
+
+
+def claim_sweep(out: Path, settings: dict, keys: tuple[str, ...], *, kind: str, absent: dict | None = None) -> None:
+    """Make `out` a sweep directory with `settings` (out/sweep.json), or check that the sweep there
+    shares `settings` in `keys`: a resumed sweep keeps runs that must be comparable with the new ones.
+    `absent`: the values of keys that older sweep.json files do not record."""
+    record = out / "sweep.json"
+    if record.exists():
+        kept = (absent or {}) | json.loads(record.read_text())
+        differing = [f"{key} {kept.get(key)!r} there, {settings[key]!r} now" for key in keys if kept.get(key) != settings[key]]
+        if differing:
+            raise ValueError(f"{out} holds a sweep with other settings ({'; '.join(differing)}); use another --out")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and does not hold a {kind} sweep; use another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(record, {**settings, "version": __version__})

@@ -1,0 +1,113 @@
+"""What a trained model's codes say, for comparing models at the same information rate.
+
+`diagnose(model, ...)` returns one flat dict of JSON numbers:
+
+- I(x; z) of the codes of `N` held-out points (`information`): the Monte Carlo estimate of the batch
+  mixture's I with its lower (Bhattacharyya) and upper (pairwise-KL) bounds. The mixture of N
+  components cannot carry more than log N nats, so an estimate within `SATURATION_MARGIN` of log N is
+  marked saturated: it says "at least this much", not how much.
+- the distortion d(x, g(z)) of the test points, one sampled code each (unweighted, per sample);
+- the log-variance's min and max, and the fraction of values at the model's bound;
+- with labels: the linear-SVM test error of the mean codes and of sampled codes (one draw per point,
+  for training and test alike), and k-means (k = number of classes) NMI and ARI of the test mean codes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from torch import Tensor
+
+from ipae.evaluation import linear_svm_error
+from ipae.information import reparameterise
+from ipae.mixture import estimates
+
+__all__ = ["INFORMATION_POINTS", "MC_SAMPLES", "SATURATION_MARGIN", "AT_BOUND", "encode", "information", "clusters", "diagnose"]
+
+INFORMATION_POINTS = 5000  # codes whose mixture I(x; z) is measured: at most log 5000 = 8.52 nats
+MC_SAMPLES = 16  # Monte Carlo draws per point
+SATURATION_MARGIN = 0.5  # nats below log N from which an estimate counts as saturated
+AT_BOUND = 0.99  # |logvar| >= AT_BOUND * logvar_limit counts as at the bound (tanh never reaches it)
+ENCODE_CHUNK = 1024  # rows encoded at once: fixed, so that a code does not depend on its neighbours' number
+
+
+@torch.no_grad()
+def encode(model, x: Tensor) -> tuple[Tensor, Tensor]:
+    """mu, logvar (N, D) in float64 of the rows of x (N, ...), encoded in fixed-size chunks, in eval mode."""
+    parameter = next(model.parameters())
+    parts = [model.encode(x[i : i + ENCODE_CHUNK].to(parameter.device, parameter.dtype)) for i in range(0, len(x), ENCODE_CHUNK)]
+    return torch.cat([mu for mu, _ in parts]).double().cpu(), torch.cat([logvar for _, logvar in parts]).double().cpu()
+
+
+def information(mu: Tensor, logvar: Tensor, *, generator: torch.Generator, n_samples: int = MC_SAMPLES) -> dict:
+    """I(x; z) in nats of the mixture of the N Gaussians (mu, logvar) (N, D): I_mc (Monte Carlo with
+    `n_samples` draws per point), I_lower (Bhattacharyya), I_upper (pairwise KL), I_points (N), I_log_n
+    and I_saturated (I_mc within SATURATION_MARGIN of log N)."""
+    found = estimates(mu, logvar, generator=generator, n_samples=n_samples)
+    log_n = math.log(len(mu))
+    return {
+        "I_mc": found["mc"],
+        "I_lower": found["bhattacharyya"],
+        "I_upper": found["pairwise-kl"],
+        "I_points": len(mu),
+        "I_log_n": log_n,
+        "I_saturated": found["mc"] >= log_n - SATURATION_MARGIN,
+    }
+
+
+def clusters(codes: np.ndarray, labels: np.ndarray, *, seed: int) -> dict:
+    """k-means with k = the number of classes on codes (N, D); its NMI and ARI against the labels (N,)."""
+    k = len(np.unique(labels))
+    found = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(codes)
+    return {"nmi": float(normalized_mutual_info_score(labels, found)), "ari": float(adjusted_rand_score(labels, found))}
+
+
+def diagnose(
+    model,
+    x_test: Tensor,
+    *,
+    x_information: Tensor,
+    seed: int,
+    y_test: np.ndarray | None = None,
+    x_train: Tensor | None = None,
+    y_train: np.ndarray | None = None,
+) -> dict:
+    """Every diagnostic of the module docstring for a trained `model`.
+
+    x_test (M, ...): the held-out points of the distortion, the log-variance and (given y_test (M,))
+    the clustering; x_information (N, ...): the points whose I(x; z) is measured; x_train, y_train:
+    the linear SVM's training points (its test error is on x_test, y_test). Draws come from `seed`.
+    """
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    test_mu, test_logvar = encode(model, x_test)
+    result = information(*encode(model, x_information), generator=generator)
+    test_z = reparameterise(test_mu, test_logvar, torch.randn(test_mu.shape, generator=generator, dtype=torch.float64))
+    parameter = next(model.parameters())
+    with torch.no_grad():
+        distortion = torch.cat(
+            [
+                model.distortion_per_sample(x_test[i : i + ENCODE_CHUNK].to(parameter), test_z[i : i + ENCODE_CHUNK].to(parameter))
+                for i in range(0, len(x_test), ENCODE_CHUNK)
+            ]
+        )
+    limit = model.logvar_limit
+    result |= {
+        "distortion": float(distortion.double().mean()),
+        "logvar_min": float(test_logvar.min()),
+        "logvar_max": float(test_logvar.max()),
+        "logvar_limit": limit,
+        "logvar_at_bound": None if limit is None else float((test_logvar.abs() >= AT_BOUND * limit).double().mean()),
+    }
+    if y_test is not None:
+        result |= clusters(test_mu.numpy(), y_test, seed=seed)
+    if x_train is not None and y_train is not None and y_test is not None:
+        train_mu, train_logvar = encode(model, x_train)
+        train_z = reparameterise(train_mu, train_logvar, torch.randn(train_mu.shape, generator=generator, dtype=torch.float64))
+        result["svm_error"] = linear_svm_error(train_mu.numpy(), y_train, test_mu.numpy(), y_test)
+        result["svm_error_sampled"] = linear_svm_error(train_z.numpy(), y_train, test_z.numpy(), y_test)
+    return result
