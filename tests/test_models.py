@@ -734,3 +734,38 @@ def test_paper_exact_models_save_and_load_as_they_are(tmp_path):
     ipae.save(model, tmp_path / "m")
     loaded = ipae.load(tmp_path / "m")
     assert (loaded.logvar_limit, loaded.distortion, loaded.distortion_weight) == (None, "mean-mse", 0.5)
+
+
+# the mixture rates as training objectives
+
+
+@pytest.mark.parametrize("name", ["pairwise-kl", "bhattacharyya", "jensen", "mc"])
+@pytest.mark.parametrize("logvar_limit", [LOGVAR_LIMIT, 0.5])
+def test_mixture_rates_in_the_loss_are_the_mixture_estimates_of_the_batch_codes(name, logvar_limit):
+    """The rate inside the model's loss is ipae.mixture's I(x; z) of the batch's (bounded) Gaussians,
+    with the same draws for "mc"; the loss is distortion + beta * that rate, and its gradient is finite."""
+    from ipae.mixture import mutual_information
+    from ipae.rates import create
+
+    options = {"n_samples": 3} if name == "mc" else {}
+    model = AutoEncoder.from_architecture(
+        MLP((3,), (6,), 2, "tanh"), seed=4, rate=create(name, **options), beta=0.7, logvar_limit=logvar_limit
+    ).double()
+    with torch.no_grad():  # raw log-variances of a few units, so that the 0.5 bound bites
+        model.encoder.heads.weight.mul_(8.0)
+    x = torch.randn(9, 3, generator=_generator(8), dtype=F64)
+    generator = _generator(9)
+    replay = torch.Generator().set_state(generator.get_state())
+    terms = model.loss(x, generator=generator)
+    torch.randn((1, 9, 2), generator=replay, dtype=F64)  # the loss draws eps first, then the rate's draws
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+        if logvar_limit == 0.5:
+            assert logvar.abs().max() > 0.4  # the bound is in play
+        expected = mutual_information(
+            mu, logvar, method=name, generator=replay if name == "mc" else None, n_samples=options.get("n_samples", 1)
+        )
+    assert float(terms.rate) == pytest.approx(float(expected), rel=1e-12)
+    assert float(terms.loss) == pytest.approx(float(terms.distortion) + 0.7 * float(expected), rel=1e-12)
+    terms.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())

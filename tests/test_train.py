@@ -493,3 +493,22 @@ def test_compiled_training_matches_eager_training(toy_x, precision, rtol, atol, 
     np.testing.assert_allclose(result.loss, expected.loss, rtol=rtol)
     for name, weight in _weights(compiled).items():
         torch.testing.assert_close(weight, _weights(eager)[name], rtol=0, atol=atol)
+
+
+def test_bf16_training_runs_the_layers_in_bf16_and_fp32_does_not(toy_x):
+    """The precision reaches the matmuls: every layer's output dtype, observed by hooks in the training steps."""
+    seen = {}
+    for precision in ("fp32", "bf16"):
+        model = _model()
+        calls = []
+        for name, module in model.named_modules():
+            if type(module).__name__ == "Dense":
+                module.register_forward_hook(lambda module, inputs, output, name=name, calls=calls: calls.append((name, output.dtype)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # emulated bf16 on CPUs without it
+            train(model, toy_x, _config(steps=3, precision=precision))
+        seen[precision] = calls
+    assert {dtype for _, dtype in seen["fp32"]} == {torch.float32}
+    # the decoder runs only in the steps; the encoder also once, outside them, for the codes' shape
+    assert [dtype for name, dtype in seen["bf16"] if name.startswith("decoder.output")] == [torch.bfloat16] * 3
+    assert [dtype for name, dtype in seen["bf16"] if name == "encoder.heads"].count(torch.bfloat16) == 3

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy import stats
 from sklearn.decomposition import PCA
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from torch import Tensor
 
-__all__ = ["centre_distance", "linear_svm_error", "principal_components", "within_class_fraction"]
+__all__ = ["centre_distance", "linear_svm_error", "principal_components", "within_class_fraction", "paired_comparison"]
 
 
 def centre_distance(points: Tensor, labels: Tensor, centres: Tensor) -> float:
@@ -64,3 +65,26 @@ def within_class_fraction(points: np.ndarray, labels: np.ndarray) -> float:
     total = np.square(points - points.mean(axis=0)).sum()
     within = sum(np.square(points[labels == label] - points[labels == label].mean(axis=0)).sum() for label in np.unique(labels))
     return float(within / total) if total > 0 else 0.0
+
+
+def paired_comparison(values: np.ndarray, reference: np.ndarray, *, lower_is_better: bool = True) -> dict:
+    """A method against a reference on paired repeats (same seed, subset, batches): values (n,) and
+    reference (n,), repeat by repeat. Returns n, the mean `difference` values - reference, how many
+    repeats are `better`, `worse` or `tied`, `p_sign` (two-sided sign test over the untied repeats;
+    None if all tie) and `p_t` (two-sided paired t-test; None for n < 2 or identical differences)."""
+    values, reference = np.asarray(values, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    if values.ndim != 1 or values.shape != reference.shape:
+        raise ValueError(f"need two arrays (n,) of paired values, got {values.shape} and {reference.shape}")
+    differences = values - reference
+    signed = differences if lower_is_better else -differences
+    better, worse = int(np.sum(signed < 0)), int(np.sum(signed > 0))
+    n = len(differences)
+    return {
+        "n": n,
+        "difference": float(differences.mean()) if n else None,
+        "better": better,
+        "worse": worse,
+        "tied": n - better - worse,
+        "p_sign": float(stats.binomtest(better, better + worse).pvalue) if better + worse else None,
+        "p_t": float(stats.ttest_rel(values, reference).pvalue) if n > 1 and np.ptp(differences) > 0 else None,
+    }

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ipae.results import write_table
 
-__all__ = ["COLUMNS", "compare_sweeps", "summary", "write_comparison", "main"]
+__all__ = ["COLUMNS", "compare_sweeps", "training_time_ratio", "summary", "write_comparison", "main"]
 
 COLUMNS = ("cell", "repeats", "identical", "largest_repeat_difference", "mean_difference", "reference_mean", "other_mean")
 
@@ -34,6 +34,8 @@ def compare_sweeps(reference: Path, other: Path) -> list[dict]:
     directory and ValueError for one that holds no sweep or when no repeat succeeded in both.
     """
     reference_errors, other_errors = _errors(Path(reference)), _errors(Path(other))
+    reference_errors = {cell: {r: found["svm_error"] for r, found in repeats.items()} for cell, repeats in reference_errors.items()}
+    other_errors = {cell: {r: found["svm_error"] for r, found in repeats.items()} for cell, repeats in other_errors.items()}
     rows = []
     for cell in sorted(reference_errors.keys() & other_errors.keys()):
         first, second = reference_errors[cell], other_errors[cell]
@@ -59,8 +61,24 @@ def compare_sweeps(reference: Path, other: Path) -> list[dict]:
     return rows
 
 
-def _errors(sweep: Path) -> dict[str, dict[int, float]]:
-    """cell -> repeat -> svm_error of the sweep's successful repeats."""
+def training_time_ratio(reference: Path, other: Path, *, from_repeat: int = 0) -> tuple[float, int]:
+    """Training seconds of `reference` over those of `other`, summed over the successful repeats
+    numbered `from_repeat` or more that both hold, and how many repeats that is: how much faster
+    `other` trained (e.g. with --compile). Compare only repeats that ran under the same load."""
+    first, second = _errors(Path(reference)), _errors(Path(other))
+    pairs = [
+        (first[cell][r]["train_seconds"], second[cell][r]["train_seconds"])
+        for cell in first.keys() & second.keys()
+        for r in first[cell].keys() & second[cell].keys()
+        if r >= from_repeat
+    ]
+    if not pairs:
+        raise ValueError(f"{reference} and {other} have no successful repeat numbered {from_repeat} or more in common")
+    return sum(a for a, _ in pairs) / sum(b for _, b in pairs), len(pairs)
+
+
+def _errors(sweep: Path) -> dict[str, dict[int, dict]]:
+    """cell -> repeat -> {"svm_error", "train_seconds"} of the sweep's successful repeats."""
     if not sweep.is_dir():
         raise FileNotFoundError(f"{sweep} is not a directory")
     errors: dict[str, dict[int, float]] = {}
@@ -78,7 +96,8 @@ def _errors(sweep: Path) -> dict[str, dict[int, float]]:
                 continue
             if not isinstance(record.get("svm_error"), (int, float)):
                 raise ValueError(f"{path} has status ok but no numeric svm_error")
-            errors.setdefault(cell.name, {})[int(match[1])] = float(record["svm_error"])
+            found_seconds = record.get("train_seconds")
+            errors.setdefault(cell.name, {})[int(match[1])] = {"svm_error": float(record["svm_error"]), "train_seconds": found_seconds}
     if not found:
         raise ValueError(f"{sweep} holds no figure-2 sweep (no runs/<cell>/repeat-<r>.json); `ipae reproduce figure2` writes one")
     return errors
@@ -128,13 +147,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("other", type=Path, help="a second sweep on the same seeds")
     parser.add_argument("--out", type=Path, required=True, help="directory for the table (created if missing)")
     parser.add_argument("--name", default="comparison", help="the table's file name without suffix (default: comparison)")
+    parser.add_argument(
+        "--time-from-repeat", type=int, default=0, help="the training-time ratio over repeats numbered this or more (default 0: all)"
+    )
     args = parser.parse_args(argv)
     try:
         rows = write_comparison(args.reference, args.other, args.out, args.name)
-    except (ValueError, OSError) as error:
+        ratio, count = training_time_ratio(args.reference, args.other, from_repeat=args.time_from_repeat)
+    except (ValueError, OSError, TypeError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(summary(args.reference, args.other, rows))
+    print(
+        f"Training seconds of {args.reference} over {args.other}: {ratio:.3f}, "
+        f"summed over the {count} repeats numbered {args.time_from_repeat} or more that succeeded in both."
+    )
     print(f"-> {args.out / args.name}.{{md,csv,json}}")
     return 0
 

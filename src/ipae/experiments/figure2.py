@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from functools import partial
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from ipae.evaluation import paired_comparison, within_class_fraction
 from ipae.experiments.mnist import draw_codes, first_successful_repeat, run_repeat, summarise_repeats, title
 from ipae.experiments.parallel import map_runs
 from ipae.experiments.runs import Run, claim_sweep
@@ -17,7 +19,7 @@ from ipae.rates import InformationPotential, PriorKL
 from ipae.results import save_png, write_json, write_table
 from ipae.train import TrainConfig
 
-__all__ = ["VAE_BETAS", "IPAE_BETAS", "IPAE_PAIRS", "COLUMNS", "figure2_runs", "reproduce_figure2", "summary"]
+__all__ = ["VAE_BETAS", "IPAE_BETAS", "IPAE_PAIRS", "COLUMNS", "figure2_runs", "reproduce_figure2", "summary", "paired_against", "best_vae"]
 
 # The paper's grid (section 4.2): the VAE across beta; IPAE with N_j = 1 across beta; IPAE at its
 # best beta with more partners (None: all 512 pairs of the batch).
@@ -27,6 +29,7 @@ IPAE_PAIRS = (8, 64, None)
 
 COLUMNS = ("rate", "options", "beta", "steps", "precision", "repeats", "failed_repeats", "svm_error", "svm_error_std")
 COLUMNS += ("pca_within_class", "train_seconds")
+PAIRED_COLUMNS = ("rate", "options", "beta", "metric", "n", "difference", "better", "worse", "tied", "p_sign", "p_t", "differences")
 # The settings a resumed sweep must share with the runs it keeps.
 SWEEP_SETTINGS = ("steps", "seed", "precision", "paper_exact")
 
@@ -92,6 +95,15 @@ def reproduce_figure2(
         rows.append({**run.row(), **cells[run.name()]})
     write_json(out / "cells.json", cells)
     write_table(out, "figure2", rows, COLUMNS, note=summary(rows))
+    best = best_vae(runs, results)
+    if best is not None:
+        paired = paired_against(out, runs, results, best, "svm_error")
+        write_table(out, "figure2-paired", paired, PAIRED_COLUMNS, note=paired_summary(paired, f"the best VAE cell (β = {best.beta:g})"))
+    partners = [run for run in runs if run.rate.name == "ip" and run.beta == IPAE_BETAS[0]]
+    one = next((run for run in partners if run.rate.n_partners == 1), None)
+    if one is not None and len(partners) > 1 and any(r["status"] == "ok" for r in results[one]):
+        compared = [row for metric in ("svm_error", "pca_within_class") for row in paired_against(out, partners, results, one, metric)]
+        write_table(out, "figure2-partners", compared, PAIRED_COLUMNS, note=paired_summary(compared, "IPAE with N_j = 1 at β = 1e-5"))
     save_png(_grid_figure(out, runs, results, rows), out / "figure2.png")
     return rows
 
@@ -113,6 +125,62 @@ def summary(rows: list[dict]) -> str:
         line += f" IPAE with β = 1e-5, N_j = 8: {paper_cell['svm_error']:.2f} %, {verdict} the best VAE."
     failed = sum(row["failed_repeats"] for row in rows)
     return line + f" Failed repeats (non-finite loss): {failed} of {sum(row['repeats'] for row in rows)}."
+
+
+def per_repeat(out: Path, run: Run, records: list[dict], metric: str) -> dict[int, float]:
+    """repeat -> `metric` of the successful repeats of `run`: a key of the repeat's record, or
+    "pca_within_class" (`within_class_fraction` of its test codes' 2-D PCA, from its .npz)."""
+    values = {}
+    for record in records:
+        if record["status"] != "ok":
+            continue
+        if metric == "pca_within_class":
+            picture = np.load(out / "runs" / run.name() / f"repeat-{record['repeat']}-pca.npz")
+            values[record["repeat"]] = within_class_fraction(picture["pca"], picture["labels"])
+        else:
+            values[record["repeat"]] = record[metric]
+    return values
+
+
+def paired_against(out: Path, runs: list[Run], results: dict, reference: Run, metric: str) -> list[dict]:
+    """Each run of `runs` but `reference` against it, repeat by repeat (the repeats share subset, initial
+    weights and batches): `ipae.evaluation.paired_comparison` of `metric` (lower is better) over the
+    repeats that succeeded in both, with the per-repeat differences (run - reference)."""
+    base = per_repeat(out, reference, results[reference], metric)
+    rows = []
+    for run in runs:
+        if run is reference:
+            continue
+        found = per_repeat(out, run, results[run], metric)
+        common = sorted(found.keys() & base.keys())
+        values, against = np.array([found[r] for r in common]), np.array([base[r] for r in common])
+        differences = " ".join(f"{a - b:+.3f}" for a, b in zip(values, against, strict=True))
+        rows.append({**run.row(), "metric": metric, **paired_comparison(values, against), "differences": differences})
+    return rows
+
+
+def best_vae(runs: list[Run], results: dict) -> Run | None:
+    """The VAE cell of lowest mean SVM error over its successful repeats (None if there is none)."""
+    errors = {run: [r["svm_error"] for r in results[run] if r["status"] == "ok"] for run in runs if run.rate.name == "vae"}
+    errors = {run: values for run, values in errors.items() if values}
+    return min(errors, key=lambda run: statistics.fmean(errors[run])) if errors else None
+
+
+def paired_summary(rows: list[dict], reference: str) -> str:
+    """A paired table's note: the reference, and each row's verdict at p < 0.05 (paired t-test)."""
+    parts = []
+    for row in rows:
+        verdict = "no significant difference"
+        if row["p_t"] is not None and row["p_t"] < 0.05:
+            verdict = "lower" if row["difference"] < 0 else "higher"
+        counts = f"{row['better']} lower, {row['worse']} higher, {row['tied']} tied"
+        parts.append(f"{row['rate']} {_cell_label(row)}, {row['metric']}: {counts}; {verdict}")
+    return (
+        f"Against {reference}, repeat by repeat: difference = cell - reference (negative: lower); better/worse count the "
+        f"repeats where the cell is lower/higher; p_sign: two-sided sign test over untied repeats; p_t: paired t-test. "
+        + "; ".join(parts)
+        + "."
+    )
 
 
 def _cell_label(row: dict) -> str:
