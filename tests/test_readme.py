@@ -31,9 +31,10 @@ def test_the_estimators_doc_shows_the_generated_rate_distortion_table():
     assert generated.read_text().strip() in (docs / "estimators.md").read_text()
 
 
-def test_the_reproducing_doc_shows_the_generated_figure2_table():
+@pytest.mark.parametrize("name", ["figure2", "figure2-paired", "figure2-partners"])
+def test_the_reproducing_doc_shows_the_generated_figure2_tables(name):
     docs = README.parent / "docs"
-    assert (docs / "figure2" / "figure2.md").read_text().strip() in (docs / "reproducing.md").read_text()
+    assert (docs / "figure2" / f"{name}.md").read_text().strip() in (docs / "reproducing.md").read_text()
 
 
 def _machine() -> str:
