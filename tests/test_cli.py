@@ -14,11 +14,15 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from ipae.cli import main
+from ipae import IPAE, BetaVAE
+from ipae.checkpoint import load_model
+from ipae.cli import _build_parser, _run, main
 from ipae.data.toy import gaussian_grid
-from ipae.experiments import toy
+from ipae.experiments import figure2, toy
 from ipae.experiments.figure1 import IPAE_BETAS, VAE_BETAS
-from ipae.rates import InformationPotential, PairwiseKL, PriorKL
+from ipae.experiments.runs import LOCK_NAME, claim_sweep
+from ipae.rates import RATES, InformationPotential, PairwiseKL, PriorKL
+from reliability import record
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 needs_mnist = pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"the real MNIST files are not at {SHARED_MNIST}")
@@ -342,3 +346,122 @@ def test_reproduce_conv_mnist_tiny_on_the_real_files(tmp_path, capsys):
     assert [(row["rate"], row["options"], row["seeds"], row["failed"]) for row in rows] == [("ip", "n_partners=8", 1, 0), ("vae", "", 1, 0)]
     assert all(0 <= row["svm_error"] <= 100 and row["I_lower"] <= row["I_mc"] + 0.05 for row in rows)
     assert list(json.loads((out / "cells.json").read_text())) == ["ip-n_partners8-beta1e-05", "vae-beta1"]
+
+
+# defaults, data errors and sweeps that are interrupted or contended
+
+
+def test_the_default_beta_is_the_rates_own_in_every_entry_point(tmp_path, capsys):
+    """One default per rate, set in one place (each rate's default_beta): toy, mnist, fit, the estimators and --help."""
+    parser = _build_parser()
+    for name, cls in RATES.items():
+        for command in ("toy", "mnist"):
+            assert _run(parser.parse_args([command, "--rate", name, "--out", str(tmp_path / "o")])).beta == cls.default_beta, (
+                command,
+                name,
+            )
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32))
+    for name in ("ip", "vae"):
+        args = ["fit", str(tmp_path / "x.npy"), "--rate", name, "--hidden", "8", "--n-components", "2", "--steps", "1", "--quiet"]
+        assert main([*args, "--out", str(tmp_path / name)]) == 0
+        assert load_model(tmp_path / name).beta == RATES[name].default_beta
+    assert IPAE().beta == RATES["ip"].default_beta and BetaVAE().beta == RATES["vae"].default_beta
+    for command in ("toy", "mnist", "fit"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert all(f"{name} {cls.default_beta:g}" in text for name, cls in RATES.items()), command
+
+
+def test_mnist_errors_name_the_command_line_and_a_failed_download_leaves_no_cache(tmp_path, monkeypatch, capsys):
+    from ipae.data import mnist
+
+    def unreachable(url, destination):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(mnist, "_fetch", unreachable)
+    monkeypatch.setenv("IPAE_DATA", str(tmp_path / "cache"))
+    monkeypatch.setenv("IPAE_NO_DOWNLOAD", "1")
+    tried = 0
+    for command in (["mnist"], ["reproduce", "figure2"]):
+        code, _, error = run(capsys, *command, "--out", str(tmp_path / "out"))
+        assert code == 2 and error.count("\n") == 1 and "--data-dir" in error and "IPAE_NO_DOWNLOAD" in error, error
+        code, _, error = run(capsys, *command, "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "out"))
+        assert code == 2 and error.count("\n") == 1 and "missing MNIST files" in error and "--data-dir" in error, error
+        tried += 2
+    monkeypatch.delenv("IPAE_NO_DOWNLOAD")
+    for command in (["mnist"], ["reproduce", "figure2"]):
+        code, _, error = run(capsys, *command, "--out", str(tmp_path / "out"))
+        assert code == 2 and error.count("\n") == 1 and "could not download train-images-idx3-ubyte.gz" in error, error
+        assert sorted(p.name for p in tmp_path.iterdir()) == []  # no empty cache left to look like a place that holds MNIST
+        tried += 1
+    record("bad input", "ipae mnist / reproduce without the MNIST files", tried=tried, outcome="one line naming --data-dir, exit 2")
+    record("bad input", "MNIST download failing on every mirror", tried=2, outcome="one line, exit 2, no empty cache folder left")
+
+
+def test_an_interrupted_overwrite_of_a_sweep_leaves_the_old_sweep(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "fig2"
+    out.mkdir()
+    (out / "sweep.json").write_text("{}")
+    (out / "repeat-0.json").write_text("old")
+    seen = []
+
+    def interrupted(where, training, **options):
+        seen.append(where)
+        (where / "repeat-0.json").write_text("new, unfinished")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ipae.data.mnist.mnist_directory", lambda data_dir: tmp_path)
+    monkeypatch.setattr(figure2, "reproduce_figure2", interrupted)
+    code, _, error = run(capsys, "reproduce", "figure2", "--overwrite", "--out", str(out))
+    assert code == 130 and error == f"ipae: interrupted; {out} was left as it was\n"
+    assert seen and seen[0] != out  # the new sweep ran beside the old one
+    assert (out / "repeat-0.json").read_text() == "old" and (out / "sweep.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig2"]  # no staging directory left either
+
+    def finished(where, training, **options):
+        (where / "repeat-0.json").write_text("new")
+        return []
+
+    monkeypatch.setattr(figure2, "reproduce_figure2", finished)
+    assert run(capsys, "reproduce", "figure2", "--overwrite", "--out", str(out))[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["repeat-0.json"] and (out / "repeat-0.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig2"]
+
+
+HOLD_THE_LOCK = """
+import fcntl, os, sys, time
+file = open(sys.argv[1], "a+")
+fcntl.flock(file, fcntl.LOCK_EX)  # as ipae.experiments.runs.lock_sweep takes it
+file.truncate(0)
+file.write(f"{os.getpid()}\\n")
+file.flush()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_sweep_another_process_runs_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "fig2"
+    out.mkdir()
+    settings = {"steps": 5000, "seed": 0, "precision": "fp32", "paper_exact": False}
+    (out / "sweep.json").write_text(json.dumps(settings))
+    monkeypatch.setattr("ipae.data.mnist.mnist_directory", lambda data_dir: tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(out / LOCK_NAME)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        refusal = f"ipae: error: {out}: another process (pid {holder.pid}) is running this sweep; wait for it to end, or stop it\n"
+        for option in ("--resume", "--overwrite"):
+            code, _, error = run(capsys, "reproduce", "figure2", option, "--out", str(out))
+            assert (code, error) == (2, refusal), option
+        assert sorted(p.name for p in out.iterdir()) == sorted([LOCK_NAME, "sweep.json"])  # untouched
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["fig2"]
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    claim_sweep(out, settings, tuple(settings), kind="figure-2")  # the lock went with its holder: this process takes it
+    claim_sweep(out, settings, tuple(settings), kind="figure-2")  # and may take it again
+    record(
+        "bad input", "ipae reproduce of a sweep that another process runs", tried=2, outcome="one line naming its pid, exit 2, untouched"
+    )

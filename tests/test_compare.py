@@ -98,7 +98,7 @@ def test_write_comparison_writes_the_table_and_the_overall_numbers(sweeps, tmp_p
         assert [row["cell"] for row in csv.DictReader(file)] == ["ipae-beta1e-05-pairs8", "vae-beta0.01"]
     markdown = (out / "comparison.md").read_text()
     assert "| vae-beta0.01 | 4 | 2 | 1 | -0.2422 | 2.5 | 2.258 |" in markdown
-    note = markdown.strip().splitlines()[-1]
+    note = markdown.strip().splitlines()[-3]  # the summary, then the table's provenance
     assert str(sweeps[0]) in note and str(sweeps[1]) in note
     assert "3 of 5 repeats in 2 cells identical" in note
     assert "largest repeat difference 1.000 points; largest cell-mean difference 0.2422 points" in note
@@ -163,3 +163,19 @@ def test_module_runs_as_a_command(sweeps, tmp_path):
 def test_the_reproducing_doc_shows_the_generated_comparison_table():
     generated = DOCS / "compile-check" / "comparison.md"
     assert generated.read_text().strip() in (DOCS / "reproducing.md").read_text()
+
+
+def test_training_time_ratio_sums_the_repeats_from_a_number_on(tmp_path):
+    def sweep(root: Path, seconds: dict[int, float]) -> Path:
+        make_sweep(root, {"cell": {repeat: 1.0 for repeat in seconds}})
+        for repeat, value in seconds.items():
+            path = root / "runs" / "cell" / f"repeat-{repeat}.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), "train_seconds": value}))
+        return root
+
+    from ipae.experiments.compare import training_time_ratio
+
+    eager, compiled = sweep(tmp_path / "a", {0: 30.0, 1: 10.0, 2: 12.0}), sweep(tmp_path / "b", {0: 5.0, 1: 5.0, 2: 6.0})
+    assert training_time_ratio(eager, compiled) == (pytest.approx(52.0 / 16.0), 3)
+    assert training_time_ratio(eager, compiled, from_repeat=1) == (pytest.approx(22.0 / 11.0), 2)
+    assert training_time_ratio(eager, compiled, from_repeat=3) is None

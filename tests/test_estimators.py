@@ -375,3 +375,31 @@ def test_the_estimator_and_ipae_fit_give_the_same_model(blobs, tmp_path, monkeyp
 def test_rates_of_the_estimators(blobs):
     assert isinstance(IPAE(**QUICK, n_partners=8, random_state=0).fit(blobs).model_.rate, InformationPotential)
     assert isinstance(BetaVAE(**QUICK, random_state=0).fit(blobs).model_.rate, PriorKL)
+
+
+# a row's result does not depend on the rows it is transformed with
+
+
+@pytest.mark.parametrize("threads", [1, pytest.param(2, marks=pytest.mark.slow)])  # 2: slow on a busy machine
+def test_transform_and_inverse_transform_of_a_row_do_not_depend_on_the_other_rows(threads):
+    """Row by row equals the whole array bit for bit, for sizes below, at and across the inference chunk
+    (a matmul's rounding depends on its number of rows: up to 5e-7 apart before transform padded its chunks)."""
+    X = np.random.default_rng(0).normal(size=(300, 10))
+    estimator = IPAE(n_components=4, hidden=(256,), steps=3, batch_size=32, device="cpu", random_state=0).fit(X)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        codes = np.concatenate([estimator.transform(X[i : i + 1]) for i in range(len(X))])  # (300, 4), one row at a time
+        rebuilt = np.concatenate([estimator.inverse_transform(codes[i : i + 1]) for i in range(len(X))])
+        for n in (1, 7, 255, 256, 257, 300):
+            assert np.array_equal(estimator.transform(X[:n]), codes[:n]), n
+            assert np.array_equal(estimator.inverse_transform(codes[:n]), rebuilt[:n]), n
+        shuffled = np.random.default_rng(1).permutation(len(X))
+        assert np.array_equal(estimator.transform(X[shuffled]), codes[shuffled])
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_default_beta_is_the_rates_own():
+    assert IPAE().beta == InformationPotential.default_beta == 0.01
+    assert BetaVAE().beta == PriorKL.default_beta == 1.0

@@ -20,6 +20,7 @@ from ipae.data.arrays import load_array
 from ipae.fitting import ModelSpec
 from ipae.networks import MLP, Conv
 from ipae.train import TrainConfig, native_bf16
+from reliability import record
 
 SMALL = ["--hidden", "16", "--n-components", "2", "--batch-size", "32"]
 
@@ -244,7 +245,7 @@ def _bad_files(tmp_path):
         (["{tmp}/x.npy", "--steps", "0"], "--steps: must be an integer >= 1"),
         (["{tmp}/x.npy", "--checkpoint-every", "0"], "--checkpoint-every: must be an integer >= 1"),
         (["{tmp}/x.npy", "--hidden", "16,,8"], "--hidden: must be layer sizes"),
-        (["{tmp}/x.npy", "--resume", "{tmp}/nowhere"], "not a model directory"),
+        (["{tmp}/x.npy", "--resume", "{tmp}/nowhere"], "no such model directory"),
         (["{tmp}/x.npy", "--config", "{tmp}/nowhere.toml"], "no such config file"),
         (["{tmp}/x.npy", "--config", "{tmp}/words.csv"], "not valid TOML"),
         (["{tmp}/x.npy", "--distortion", "bernoulli"], "needs data in [0, 1]"),
@@ -449,3 +450,62 @@ def test_fit_with_compile_but_no_compiler_is_one_line_and_writes_nothing(data, t
     assert result.returncode == 1
     assert result.stderr.startswith("ipae: torch.compile failed") and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "m").exists()
+
+
+def _log(directory):
+    """metrics.jsonl without its timing field: "seconds" is the wall time of the run that wrote a line."""
+    return [
+        {key: value for key, value in json.loads(line).items() if key != "seconds"}
+        for line in (directory / "metrics.jsonl").read_text().splitlines()
+    ]
+
+
+def test_the_log_of_a_continued_fit_is_the_whole_run(data, tmp_path):
+    """A fit killed and resumed from its checkpoint, or continued from a finished shorter fit, logs every
+    step from the first, in the windows of an uninterrupted run (3 steps here; resumed at steps 5 and 8)."""
+    common = ["fit", str(data), *SMALL, "--log-every", "3", "--quiet"]
+    assert main([*common, "--steps", "20", "--out", str(tmp_path / "whole")]) == 0
+    whole = _log(tmp_path / "whole")
+    assert [line["step"] for line in whole] == [3, 6, 9, 12, 15, 18, 20]
+    with after_step(7, kill):  # after the checkpoint of step 5
+        assert main([*common, "--steps", "20", "--checkpoint-every", "5", "--out", str(tmp_path / "killed")]) == 130
+    assert main(["fit", "--resume", str(tmp_path / "killed.checkpoint"), "--quiet", "--out", str(tmp_path / "killed")]) == 0
+    assert _log(tmp_path / "killed") == whole
+    assert main([*common, "--steps", "8", "--out", str(tmp_path / "short")]) == 0
+    assert main(["fit", "--resume", str(tmp_path / "short"), "--steps", "20", "--quiet", "--out", str(tmp_path / "continued")]) == 0
+    assert _log(tmp_path / "continued") == whole
+    replayed = [json.loads(line) for line in (tmp_path / "continued" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["seconds"] is None for line in replayed] == [True, True, False, False, False, False, False]  # steps 3, 6: from the state
+
+
+def test_resume_of_a_missing_directory_says_so_in_one_line(data, tmp_path, capsys):
+    code, error = run(capsys, "fit", "--resume", str(tmp_path / "gone"), "--out", str(tmp_path / "out"))
+    assert code == 2 and error == f"ipae: error: --resume {tmp_path / 'gone'}: no such model directory\n"
+    code, error = run(capsys, "fit", "--resume", str(tmp_path / "gone"), "--config", str(tmp_path / "gone" / "config.toml"), "--out", "o")
+    assert code == 2 and "--resume" in error and "no such model directory" in error and error.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+    record("bad input", "ipae fit --resume of a missing directory", tried=2, outcome="one line naming it, exit 2, nothing written")
+
+
+def test_a_batch_larger_than_the_data_is_recorded_as_it_ran(data, tmp_path, capsys):
+    """100 samples and --batch-size 1000: every step trains on all 100, and config.toml says 100, so that
+    the config, and a resume from it, describe the run that happened."""
+    common = ["fit", str(data), "--hidden", "16", "--n-components", "2", "--steps", "4", "--quiet"]
+    code, error = run(capsys, *common, "--batch-size", "1000", "--out", str(tmp_path / "big"))
+    assert code == 0 and error == "ipae: note: --batch-size 1000 is more than the 100 samples; trained on batches of 100\n"
+    assert "batch_size = 100\n" in (tmp_path / "big" / "config.toml").read_text()
+    assert read_metadata(tmp_path / "big")["fit"]["batch_size"] == 100
+    assert main([*common, "--batch-size", "100", "--out", str(tmp_path / "exact")]) == 0
+    assert _same_weights(tmp_path / "big", tmp_path / "exact")
+    assert main(["fit", "--config", str(tmp_path / "big" / "config.toml"), "--quiet", "--out", str(tmp_path / "again")]) == 0
+    assert _same_weights(tmp_path / "again", tmp_path / "big")
+
+
+def test_threads_sets_the_threads_of_the_process(data, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert main(["fit", str(data), *SMALL, "--steps", "2", "--threads", "1", "--quiet", "--out", str(tmp_path / "m")]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -7,6 +7,12 @@ A model directory holds
 and, for a run that can be continued, `training.json` and `training.safetensors`: the step, the
 training settings, the optimiser's state, the noise generator's state and the history so far.
 Every file is written atomically (temporary file, then rename).
+
+Loading opens these four names in the directory and nothing else: no path written in a file is
+followed (the options a fit recorded, `metadata["fit"]`, name its data; `ipae.fitting.merged_options`
+reads them for `ipae fit --resume`, with the rule of `ipae.fitting.read_options`). What the files
+claim is checked before memory is taken for it: the shapes of model.json's architecture against the
+weights in model.safetensors, whose own header safetensors checks against the file's size.
 """
 
 from __future__ import annotations
@@ -70,21 +76,38 @@ def save_model(model: AutoEncoder, directory: str | Path, *, metadata: dict | No
         save_state(state, directory)
 
 
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError; RecursionError: nested thousands deep
+        raise ValueError(f"{path}: not valid JSON ({_one_line(error)})") from None
+
+
 def _read_record(directory: Path) -> dict:
     path = directory / "model.json"
     if not directory.is_dir() or not path.is_file():
         raise FileNotFoundError(f"{directory}: not a model directory (no model.json)")
-    try:
-        record = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(record, dict) or record.get("format", {}).get("name") != FORMAT["name"]:
+    record = _read_json(path)
+    format_ = record.get("format") if isinstance(record, dict) else None
+    if not isinstance(format_, dict) or format_.get("name") != FORMAT["name"]:
         raise ValueError(f"{path}: not an ipae model file")
-    version = record["format"].get("version")
+    version = format_.get("version")
     if version != FORMAT["version"]:
-        advice = "written by an older ipae; train it again" if isinstance(version, int) and version < FORMAT["version"] else "upgrade ipae"
-        raise ValueError(f"{path}: model format version {version} is not {FORMAT['version']} ({advice})")
+        older = isinstance(version, int) and not isinstance(version, bool) and version < FORMAT["version"]
+        advice = "written by an older ipae; train it again" if older else "upgrade ipae"
+        raise ValueError(f"{path}: model format version {_short(version)} is not {FORMAT['version']} ({advice})")
+    if not isinstance(record.get("metadata", {}), dict):
+        raise ValueError(f"{path}: the metadata is not a JSON object, got {_short(record['metadata'])}")
     return record
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "..."
 
 
 def read_metadata(directory: str | Path) -> dict:
@@ -97,7 +120,8 @@ save = save_model
 
 def load_model(directory: str | Path, *, encoder: nn.Module | None = None, decoder: nn.Module | None = None) -> AutoEncoder:
     """The model saved in `directory`, in eval mode on the CPU; a missing or damaged file, or weights
-    that do not fit the architecture in model.json, is a clear error naming the file.
+    that do not fit the architecture in model.json (checked before memory is taken for that architecture),
+    or that are not finite, is a clear error naming the file.
 
     A model of your own networks is loaded into the `encoder` and `decoder` you pass (built as when it
     was saved); one built from a preset or an architecture builds its own. Nothing is unpickled.
@@ -111,8 +135,8 @@ def load_model(directory: str | Path, *, encoder: nn.Module | None = None, decod
         options = {"rate": rate, "distortion": fields["distortion"], "beta": fields["beta"], "logvar_limit": fields["logvar_limit"]}
         options["distortion_weight"] = fields.get("distortion_weight", 1.0)  # older model.json files lack it: 1
         architecture = None if fields["architecture"] is None else architecture_from_dict(fields["architecture"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: not a valid model description ({error})") from None
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as error:
+        raise ValueError(f"{path}: not a valid model description ({_one_line(error)})") from None
     if architecture is None and (encoder is None or decoder is None):
         raise ValueError(
             f"{directory}: the model has networks of its own; load it with encoder= and decoder= modules built as when it was saved"
@@ -120,26 +144,50 @@ def load_model(directory: str | Path, *, encoder: nn.Module | None = None, decod
     if architecture is not None and (encoder is not None or decoder is not None):
         raise ValueError(f"{directory}: the model builds its own networks ({fields['architecture']['kind']}); pass no encoder or decoder")
     try:
-        model = AutoEncoder(encoder, decoder, **options) if architecture is None else AutoEncoder.from_architecture(architecture, **options)
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"{path}: not a valid model description ({error})") from None
+        if architecture is None:
+            model = AutoEncoder(encoder, decoder, **options)
+        else:  # on the meta device, which takes no memory: model.json's shapes must first be those of the weights
+            with torch.device("meta"):
+                model = AutoEncoder.from_architecture(architecture, **options)
+    except (ValueError, TypeError, OverflowError, RuntimeError) as error:  # RuntimeError: sizes torch cannot make
+        raise ValueError(f"{path}: not a valid model description ({_one_line(error)})") from None
     weights = _load_tensors(directory / "model.safetensors")
+    _check_weights(model, directory, weights)
+    if architecture is not None:
+        model = AutoEncoder.from_architecture(architecture, **options)  # as large as the file's weights, no larger
     dtypes = {tensor.dtype for tensor in weights.values() if tensor.is_floating_point()}
     if len(dtypes) == 1:
         model.to(dtypes.pop())  # a float64 model loads as float64
-    _load_weights(model, directory, weights)
+    _copy_weights(model, weights)
     return model.eval()
 
 
-def _load_weights(model: AutoEncoder, directory: Path, weights: dict[str, torch.Tensor]) -> None:
-    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+_WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_weights(model: AutoEncoder, directory: Path, weights: dict[str, torch.Tensor]) -> None:
+    """ValueError unless `weights` are `model`'s tensors by name and shape, floating point where the
+    model's are (in a dtype a model is trained in) and finite: a model of NaN weights gives NaN codes."""
+    path = directory / "model.safetensors"
+    own = model.state_dict()
+    expected = {name: tuple(tensor.shape) for name, tensor in own.items()}
     found = {name: tuple(tensor.shape) for name, tensor in weights.items()}
     if found != expected:
         differences = sorted(set(expected.items()) ^ set(found.items()))
         raise ValueError(
-            f"{directory / 'model.safetensors'}: the weights do not fit the architecture in model.json "
-            f"(first difference: {differences[0][0]} {differences[0][1]})"
+            f"{path}: the weights do not fit the architecture in model.json "
+            f"(first difference: {repr(differences[0][0])[1:-1]} {differences[0][1]})"  # escaped: a name may hold a newline
         )
+    for name, tensor in weights.items():
+        floating = own[name].is_floating_point()
+        if tensor.dtype not in _WEIGHT_DTYPES if floating else tensor.dtype != own[name].dtype:
+            wanted = "a floating-point dtype" if floating else own[name].dtype
+            raise ValueError(f"{path}: {name!r} has dtype {tensor.dtype}, expected {wanted}")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"{path}: {name!r} holds NaN or infinite values")
+
+
+def _copy_weights(model: AutoEncoder, weights: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
             tensor.copy_(weights[name])
@@ -148,10 +196,12 @@ def _load_weights(model: AutoEncoder, directory: Path, weights: dict[str, torch.
 def load_model_weights(model: AutoEncoder, directory: str | Path) -> None:
     """Load the weights saved in `directory` into `model`, which must be the same model (to continue a run)."""
     directory = Path(directory)
-    saved = _read_record(directory)["model"]
+    saved = _read_record(directory).get("model")
     if saved != model_record(model):
         raise ValueError(f"{directory}: holds another model ({saved}) than the one to continue ({model_record(model)})")
-    _load_weights(model, directory, _load_tensors(directory / "model.safetensors"))
+    weights = _load_tensors(directory / "model.safetensors")
+    _check_weights(model, directory, weights)
+    _copy_weights(model, weights)
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -160,7 +210,7 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
     except Exception as error:  # safetensors raises its own error types for damaged files
-        raise ValueError(f"{path}: damaged or not a safetensors file ({str(error).splitlines()[0]})") from None
+        raise ValueError(f"{path}: damaged or not a safetensors file ({_one_line(error)})") from None
 
 
 def has_state(directory: str | Path) -> bool:
@@ -177,22 +227,55 @@ def save_state(state: TrainState, directory: str | Path) -> None:
 
 
 def load_state(directory: str | Path) -> TrainState:
-    """The training state saved with the model in `directory`."""
+    """The training state saved with the model in `directory`, checked to be what `TrainState` describes
+    (a ValueError naming the file otherwise)."""
     directory = Path(directory)
     path = directory / "training.json"
     if not path.is_file():
         raise FileNotFoundError(f"{directory}: holds no training state to continue from (no training.json)")
-    try:
-        record = json.loads(path.read_text())
-        step, settings, structure = record["step"], record["settings"], record["optimizer"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not a valid training state ({error})") from None
+    record = _read_json(path)
+    problem = _state_problem(record)
+    if problem:
+        raise ValueError(f"{path}: not a valid training state ({problem})")
     tensors = _load_tensors(directory / "training.safetensors")
-    try:
-        optimizer = _unflatten_optimizer(tensors, structure)
-        return TrainState(step=step, settings=settings, optimizer=optimizer, generator=tensors["generator"], history=tensors["history"])
-    except (KeyError, TypeError) as error:
-        raise ValueError(f"{directory / 'training.safetensors'}: does not match training.json ({error})") from None
+    step, structure = record["step"], record["optimizer"]
+    names = [f"optimizer.{index}.{name}" for index, names in structure["state"].items() for name in names] + ["generator", "history"]
+    missing = [name for name in names if name not in tensors]
+    generator, history = tensors.get("generator"), tensors.get("history")
+    problem = (
+        f"no tensor {missing[0]!r}"
+        if missing
+        else f"the generator state is {generator.dtype} {tuple(generator.shape)}, not a vector of bytes"
+        if generator.dtype != torch.uint8 or generator.ndim != 1
+        else f"the history is {history.dtype} {tuple(history.shape)}, not floating point ({step}, 3) for step {step}"
+        if not history.is_floating_point() or tuple(history.shape) != (step, 3)
+        else None
+    )
+    if problem:
+        raise ValueError(f"{directory / 'training.safetensors'}: does not match training.json ({problem})")
+    optimizer = _unflatten_optimizer(tensors, structure)
+    return TrainState(step=step, settings=record["settings"], optimizer=optimizer, generator=generator, history=history)
+
+
+def _state_problem(record: object) -> str | None:
+    """What is wrong with a training.json record, or None: the step, the settings and the optimiser's structure."""
+    if not isinstance(record, dict) or not {"step", "settings", "optimizer"} <= set(record):
+        return "expected an object with step, settings and optimizer"
+    step, structure = record["step"], record["optimizer"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"step must be an integer >= 0, got {_short(step)}"
+    if not isinstance(record["settings"], dict):
+        return f"settings must be an object, got {_short(record['settings'])}"
+    if not (isinstance(structure, dict) and isinstance(structure.get("param_groups"), list) and isinstance(structure.get("state"), dict)):
+        return "optimizer must be an object with a list param_groups and an object state"
+    for group in structure["param_groups"]:
+        params = group.get("params") if isinstance(group, dict) else None
+        if not isinstance(params, list) or any(isinstance(index, bool) or not isinstance(index, int) for index in params):
+            return f"each optimizer parameter group must be an object with a list of integer params, got {_short(group)}"
+    for index, names in structure["state"].items():
+        if not (index.isascii() and index.isdigit()) or not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            return f"optimizer state {_short(index)} must be a parameter's number with a list of tensor names, got {_short(names)}"
+    return None
 
 
 def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:

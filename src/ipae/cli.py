@@ -11,6 +11,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -27,7 +28,12 @@ from ipae.rates import RATES
 from ipae.train import PRECISIONS, CompileFailed, TrainConfig, TrainingDiverged, keep_freed_memory, resolve_device
 
 EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
-THREADS_HELP = "Training uses torch's threads (one per core); with other jobs on the machine set OMP_NUM_THREADS=1."
+THREADS_HELP = (
+    "Training uses torch's threads, one per core: with another job on the machine they wait for each other, "
+    "and a step can take many times as long (up to 7x measured); pass --threads 1 (or set OMP_NUM_THREADS=1) then."
+)
+# --beta's default, from the one place it is set: each rate's `default_beta` (ipae.rates)
+BETA_DEFAULTS = ", ".join(f"{name} {cls.default_beta:g}" for name, cls in RATES.items())
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,7 +81,7 @@ def _options(parser, default=argparse.SUPPRESS, *, training: bool = True) -> Non
     """The rate and training options; SUPPRESS: absent unless given (`fit` merges config files under them)."""
     add = partial(parser.add_argument, default=default)
     add("--rate", choices=tuple(RATES), help="the bound on I(x; z): ip (IPAE, eq. 10), vae (KL to the prior, eq. 5), ... (default ip)")
-    add("--beta", type=_beta, help="weight of the rate term (default: the rate's, 0.01 for ip and 1 for the others)")
+    add("--beta", type=_beta, help=f"weight of the rate term (default: the rate's own, {BETA_DEFAULTS})")
     add("--n-partners", type=_partners, help="ip: partners per sample N_j, or 'all' (default 1)")
     add("--mc-samples", type=_positive_int, help="mc: draws per sample (default 1)")
     if training:
@@ -106,6 +112,9 @@ def _output(parser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present, else cpu)")
+    parser.add_argument(
+        "--threads", type=_positive_int, help="torch threads of this process (default: one per core; worker processes of --jobs use one)"
+    )
 
 
 def _model_and_data(parser, name: str) -> None:
@@ -242,15 +251,24 @@ def _mnist(args) -> int:
 
 def _fit(args, given: dict) -> int:
     from ipae.data.arrays import load_array
+    from ipae.distributed import world_size
     from ipae.fitting import fit, from_options, merged_options, save_fit
-    from ipae.results import json_lines, tensorboard_writer
+    from ipae.results import json_lines, remove_stale, tensorboard_writer
 
+    if args.resume is not None and not args.resume.is_dir():
+        raise FileNotFoundError(f"--resume {args.resume}: no such model directory")
     options = merged_options(given, resume=args.resume, config=args.config)
     spec, config = from_options(options)
     if args.out.exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} already exists; choose another --out or pass --overwrite")
     device = _training_device(args.device)
     x = load_array(options["data"], key=options.get("key"), max_ndim=4, mmap=True)
+    share, note = len(x) // world_size(), None  # the samples of each process
+    if 1 <= share < config.batch_size:  # a step takes at most all of them: config.toml records the batch that runs
+        what = f"the {share} samples" + (" of each process" if world_size() > 1 else "")
+        note = f"ipae: note: --batch-size {config.batch_size} is more than {what}; trained on batches of {share}"
+        options["batch_size"] = share
+        config = replace(config, batch_size=share)
     config = TrainConfig(**{**config.to_dict(), "device": str(device), "progress": False if args.quiet else None})
     checkpoint = args.out.with_name(args.out.name + ".checkpoint")
     tensorboard = tensorboard_writer(args.tensorboard if is_main_process() else None)  # the last check: it creates its directory
@@ -286,6 +304,9 @@ def _fit(args, given: dict) -> int:
         tensorboard.close()
     if is_main_process():
         shutil.rmtree(checkpoint, ignore_errors=True)
+        remove_stale(checkpoint)  # the checkpoints that killed runs were staging
+    if note is not None:  # after the run: bad input found later is still one line
+        _report(note, file=sys.stderr)
     _report(
         f"{len(result.loss)} steps: loss {result.loss[-1]:.4g} (distortion {result.distortion[-1]:.4g}, rate {result.rate[-1]:.4g}), "
         f"{result.seconds:.1f} s -> {args.out}"
@@ -293,9 +314,9 @@ def _fit(args, given: dict) -> int:
     return 0
 
 
-def _report(line: str) -> None:
+def _report(line: str, file=None) -> None:
     if is_main_process():  # once, under torchrun
-        print(line)
+        print(line, file=file)
 
 
 class _Failed(Exception):
@@ -323,7 +344,8 @@ def _output_directory(args) -> Iterator[Path]:
 def _reproduce(args) -> int:
     from ipae.data.mnist import mnist_directory
     from ipae.experiments import conv_mnist, figure1, figure2, rate_distortion, rate_matched
-    from ipae.results import markdown_table, staged_directory
+    from ipae.experiments.runs import lock_sweep
+    from ipae.results import markdown_table, remove_stale, staged_directory
 
     if launched():
         raise ValueError("ipae reproduce runs its grid in parallel itself (--jobs); start it without torchrun")
@@ -369,12 +391,20 @@ def _reproduce(args) -> int:
     if sweep:
         # MNIST is found, checked or downloaded before anything is written
         data_dir = None if args.dataset == "toy" else mnist_directory(args.data_dir)
-        if args.overwrite and args.out.exists():
-            shutil.rmtree(args.out)
-        try:
-            rows = reproduce(args.out, training, data_dir=data_dir, **common)
-        except KeyboardInterrupt:
-            raise KeyboardInterrupt(f"the finished runs are kept in {args.out}: add --resume to continue") from None
+        remove_stale(args.out)  # what killed --overwrite runs were staging
+        if args.overwrite and args.out.exists():  # a new sweep beside the old one, which it replaces only when it is done
+            if (args.out / "sweep.json").is_file():
+                lock_sweep(args.out)  # not while another process resumes it
+            with staged_directory(args.out, overwrite=True) as stage:
+                try:
+                    rows = reproduce(stage, training, data_dir=data_dir, **common)
+                except KeyboardInterrupt:
+                    raise KeyboardInterrupt(f"{args.out} was left as it was") from None
+        else:
+            try:
+                rows = reproduce(args.out, training, data_dir=data_dir, **common)
+            except KeyboardInterrupt:
+                raise KeyboardInterrupt(f"the finished runs are kept in {args.out}: add --resume to continue") from None
     else:
         with staged_directory(args.out, overwrite=args.overwrite) as stage:
             rows = reproduce(stage, training, **common)
@@ -444,6 +474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
         keep_freed_memory()
+        if getattr(args, "threads", None) is not None:
+            torch.set_num_threads(args.threads)
         if args.command == "fit":
             given = {k: v for k, v in vars(args).items() if k in FIT_OPTIONS and v is not None}  # the options given
             return _fit(args, given)

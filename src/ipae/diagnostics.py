@@ -32,7 +32,7 @@ INFORMATION_POINTS = 5000  # codes whose mixture I(x; z) is measured: at most lo
 MC_SAMPLES = 16  # Monte Carlo draws per point
 SATURATION_MARGIN = 0.5  # nats below log N from which an estimate counts as saturated
 AT_BOUND = 0.99  # |logvar| >= AT_BOUND * logvar_limit counts as at the bound (tanh never reaches it)
-ENCODE_CHUNK = 1024  # rows encoded at once: fixed, so that a code does not depend on its neighbours' number
+ENCODE_CHUNK = 1024  # rows encoded at once, to bound memory (the last chunk is smaller: not bit-invariant to N)
 
 
 @torch.no_grad()

@@ -25,14 +25,17 @@ from ipae.checkpoint import has_state, load_model, model_record, read_metadata, 
 from ipae.fitting import ModelSpec, fit
 from ipae.layers import ACTIVATIONS
 from ipae.models import DISTORTIONS
-from ipae.rates import create, spec
+from ipae.rates import InformationPotential, PriorKL, create, spec
 from ipae.train import PRECISIONS, TrainConfig, TrainingDiverged, TrainResult, resolve_device
 
 __all__ = ["IPAE", "BetaVAE", "load_estimator", "FitDiverged"]
 
-# Rows per forward pass in transform, inverse_transform and score: bounds their memory whatever N is
-# (the toy model's 2048-wide hidden layer makes 4096 rows about 32 MiB of activations).
-INFERENCE_BATCH = 4096
+# Rows per forward pass in transform and inverse_transform: bounds their memory whatever N is. Every
+# pass has exactly this many rows (the last padded), because a matmul's result for a row depends on the
+# number of rows M (MKL/oneDNN pick kernels and blocking by M): at one M a row's codes are the same bit
+# for bit whatever rows it is encoded with (scikit-learn's check_methods_subset_invariance; up to 5e-7
+# apart otherwise on an AVX-512 Xeon). 256 keeps the padding of a single row cheap.
+INFERENCE_BATCH = 256
 
 
 class FitDiverged(TrainingDiverged):
@@ -198,9 +201,15 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
 
     @torch.no_grad()
     def _map(self, function, A: np.ndarray) -> np.ndarray:
+        """function over A's rows in chunks of INFERENCE_BATCH, the last one padded with zero rows."""
         self.model_.eval()
         device = next(self.model_.parameters()).device
-        parts = [function(torch.tensor(A[i : i + INFERENCE_BATCH], device=device)) for i in range(0, len(A), INFERENCE_BATCH)]
+        parts = []
+        for i in range(0, len(A), INFERENCE_BATCH):
+            rows = torch.tensor(A[i : i + INFERENCE_BATCH], device=device)  # a copy: A may be read-only
+            chunk = torch.zeros((INFERENCE_BATCH, *A.shape[1:]), dtype=rows.dtype, device=device)  # (INFERENCE_BATCH, n)
+            chunk[: len(rows)] = rows
+            parts.append(function(chunk)[: len(rows)])
         return torch.cat(parts).double().cpu().numpy()
 
     @torch.no_grad()
@@ -272,7 +281,7 @@ class IPAE(_AutoEncoderTransformer):
         "n_partners": [Interval(Integral, 1, None, closed="left"), None],
     }
 
-    __init__ = _parameters(beta=0.01, n_partners=1)
+    __init__ = _parameters(beta=InformationPotential.default_beta, n_partners=1)
 
     def _rate_options(self) -> dict:
         return {"n_partners": None if self.n_partners is None else int(self.n_partners)}
@@ -284,7 +293,7 @@ class BetaVAE(_AutoEncoderTransformer):
 
     _rate = "vae"
 
-    __init__ = _parameters(beta=1.0)
+    __init__ = _parameters(beta=PriorKL.default_beta)
 
 
 ESTIMATORS: dict[str, type[_AutoEncoderTransformer]] = {"IPAE": IPAE, "BetaVAE": BetaVAE}

@@ -121,21 +121,79 @@ def from_options(options: dict) -> tuple[ModelSpec, TrainConfig]:
 
 
 def read_options(path: str | Path) -> dict:
-    """The options of a TOML config file (names with - or _), checked against OPTIONS."""
+    """The options of a TOML config file (names with - or _), checked against OPTIONS and their types.
+
+    A relative `data` path is relative to the config file's directory, and may not leave it (by `..` or
+    a symbolic link): a config that comes with its data cannot name files elsewhere by accident or by
+    design. An absolute path is taken as written (the config.toml that `ipae fit` writes names the data
+    so), as a path on the command line is.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such config file")
     try:
-        values = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not valid TOML ({error})") from None
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as error:  # RecursionError: arrays nested thousands deep
+        raise ValueError(f"{path}: not valid TOML ({' '.join(str(error).split()) or 'nested too deeply'})") from None
+    return _checked_options(values, path, "is not an option a config file can set")
+
+
+# The types an option takes in a config file or a run's recorded options (TOML and JSON types; a bool is no integer here).
+_OPTION_TYPES = {
+    **dict.fromkeys(("data", "key", "arch", "activation", "distortion", "rate", "precision"), ((str,), "a string")),
+    **dict.fromkeys(("n_components", "mc_samples", "steps", "batch_size", "seed", "log_every", "checkpoint_every"), ((int,), "an integer")),
+    "hidden": ((list, tuple), "a list of integers"),
+    "beta": ((int, float), "a number"),
+    "lr": ((int, float), "a number"),
+    "n_partners": ((int, str), 'an integer or "all"'),
+    "compile": ((bool,), "true or false"),
+}
+
+
+def _checked_options(values: dict, source: Path, unknown_means: str) -> dict:
+    """`values` read from the file `source`, as options: known names and types; `data` under the file's directory."""
     options = {name.replace("-", "_"): value for name, value in values.items()}
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
-        raise ValueError(f"{path}: {', '.join(unknown)} is not an option a config file can set")
+        raise ValueError(f"{source}: {', '.join(map(repr, unknown))[:300]} {unknown_means}")
+    for name, value in options.items():
+        types, kind = _OPTION_TYPES[name]
+        wrong = isinstance(value, bool) and bool not in types or not isinstance(value, types)
+        if wrong or name == "hidden" and any(isinstance(size, bool) or not isinstance(size, int) for size in value):
+            raise ValueError(f"{source}: {name} must be {kind}, got {_short_repr(value)}")
+        if kind == "a number" and isinstance(value, int) and abs(value) > sys.float_info.max:  # no float: OverflowError later
+            raise ValueError(f"{source}: {name} must be a finite number, got {_short_repr(value)}")
+        try:  # the values that are valid or not whatever the other options are
+            if name in TRAIN_OPTIONS:
+                TrainConfig(**{name: value})
+            elif name in ("arch", "rate", "beta"):
+                ModelSpec(**{name: value})
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
     if isinstance(options.get("hidden"), list):
         options["hidden"] = tuple(options["hidden"])
+    if "data" in options:
+        options["data"] = str(_within(source.parent, options["data"], source))
     return options
+
+
+def _short_repr(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "..."
+
+
+def _within(directory: Path, name: str, source: Path) -> Path:
+    """The file `name` that `source` names: as written when absolute, else under `directory`, which it may not leave."""
+    if Path(name).is_absolute():
+        return Path(name)
+    try:
+        base = directory.resolve()
+        target = (base / name).resolve()  # symbolic links followed: a link out of the directory leaves it
+    except (OSError, ValueError, RuntimeError) as error:  # a NUL byte, a loop of links
+        raise ValueError(f"{source}: data {_short_repr(name)} is not a usable path ({error})") from None
+    if not target.is_relative_to(base):
+        raise ValueError(f"{source}: data {_short_repr(name)} leads outside {directory}; a relative path must stay in the file's directory")
+    return target
 
 
 def options_toml(options: dict) -> str:
@@ -146,10 +204,14 @@ def options_toml(options: dict) -> str:
 
 def merged_options(given: dict, *, resume: str | Path | None = None, config: str | Path | None = None) -> dict:
     """The options of a fit: those the run in `resume` ran with, then the TOML file `config`, then
-    `given` (the command line), each overriding the one before; `data` made absolute."""
+    `given` (the command line), each overriding the one before; `data` made absolute (a relative one
+    in `config` or in the run's record is under that file's directory, see `read_options`)."""
     options = {}
     if resume is not None:
-        options |= read_metadata(resume).get("fit", {})
+        recorded = read_metadata(resume).get("fit", {})
+        if not isinstance(recorded, dict):
+            raise ValueError(f"{Path(resume) / 'model.json'}: the recorded fit options are not a table, got {_short_repr(recorded)}")
+        options |= _checked_options(recorded, Path(resume) / "model.json", "is not an option of a fit")
     if config is not None:
         options |= read_options(config)
     options |= given

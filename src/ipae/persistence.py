@@ -13,9 +13,18 @@ __all__ = ["load"]
 
 def load(directory: str | Path, *, encoder: nn.Module | None = None, decoder: nn.Module | None = None):
     """What was saved in `directory`: the fitted estimator (`IPAE`, `BetaVAE`) written by its `save`,
-    else the `AutoEncoder` written by `ipae.save` (into `encoder` and `decoder` for networks of your own)."""
+    else the `AutoEncoder` written by `ipae.save` (into `encoder` and `decoder` for networks of your own).
+    A missing or damaged file is a FileNotFoundError or ValueError naming it; nothing is unpickled."""
     if "estimator" in read_metadata(directory):
         from ipae.estimators import load_estimator  # scikit-learn takes a second to import: only when needed
 
-        return load_estimator(directory)
+        try:
+            return load_estimator(directory)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as error:
+            # load_estimator builds the estimator's model from its record partly outside its own checks: what a
+            # damaged record raises there is named here (its own errors, which name the directory, pass as they are)
+            if isinstance(error, ValueError) and str(directory) in str(error):
+                raise
+            reason = " ".join(str(error).split())
+            raise ValueError(f"{Path(directory) / 'model.json'}: damaged estimator metadata ({type(error).__name__}: {reason})") from None
     return load_model(directory, encoder=encoder, decoder=decoder)

@@ -104,10 +104,11 @@ class TrainResult:
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss turned non-finite at `step`; `result` holds the history up to and including that step."""
+    """The loss turned non-finite at `step`, or the weights did in its update (`what`: "the loss" or
+    "the weights"); `result` holds the history up to and including that step."""
 
-    def __init__(self, step: int, result: TrainResult) -> None:
-        super().__init__(f"training diverged: the loss became non-finite at step {step}")
+    def __init__(self, step: int, result: TrainResult, *, what: str = "the loss") -> None:
+        super().__init__(f"training diverged: {what} became non-finite at step {step}")
         self.step = step
         self.result = result
 
@@ -217,7 +218,7 @@ class _Indexed:
         if isinstance(data, np.memmap):  # checked batch by batch: a whole pass would read a file larger than RAM
             self.read = functools.partial(_memmap_rows, RowReader(data) if data.flags.c_contiguous else data)
         elif isinstance(data, (Tensor, np.ndarray)):
-            tensor = torch.from_numpy(np.ascontiguousarray(data)) if isinstance(data, np.ndarray) else data
+            tensor = torch.from_numpy(_torch_array(data)) if isinstance(data, np.ndarray) else data
             _check_array(tensor)
             tensor = tensor.to(device=device, dtype=dtype)
             self.indices = self.indices.to(device)
@@ -233,9 +234,22 @@ class _Indexed:
 def _check_array(data: Tensor) -> None:
     if data.ndim < 2:
         raise ValueError(f"data must have shape (N, ...) with a sample's values after N, got {tuple(data.shape)}")
-    if not (data.is_floating_point() or data.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
-        raise ValueError(f"data must be numeric, got {data.dtype}")
+    if not (data.is_floating_point() or data.dtype in _INTEGER_DTYPES):
+        raise ValueError(f"data must be numeric (floating point or integer), got {data.dtype}")
     _check_finite(data, "data")
+
+
+_INTEGER_DTYPES = (torch.uint8, torch.uint16, torch.uint32, torch.uint64, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _torch_array(array: np.ndarray) -> np.ndarray:
+    """`array` C-contiguous, in a dtype torch can take: a ValueError (not torch's TypeError) for objects,
+    strings, dates; long double as float64, which torch has not. `_check_array` checks the rest."""
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"data must be a numeric array, got dtype {array.dtype}")
+    if array.dtype.kind == "f" and array.dtype.itemsize > 8:
+        array = array.astype(np.float64)
+    return np.ascontiguousarray(array)
 
 
 def _memmap_rows(data: RowReader | np.memmap, index: Tensor) -> Tensor:
@@ -328,7 +342,9 @@ def train(
     process its own share), the rate sees the codes of the whole global batch, and the logs are its means.
     Every `config.log_every` steps the loop checks the loss once (one host sync), raises
     `TrainingDiverged` at the first non-finite step and passes `on_log` the means of loss, distortion
-    and rate over those steps.
+    and rate over those steps, with "seconds" since the call began. A continued run first passes the
+    records of the steps before its resume step again, from the saved history ("seconds": None), so
+    that its log equals an uninterrupted run's.
     Checkpoints: with `checkpoint_dir` and `config.checkpoint_every` = N, the run so far (the model, its
     training state and `metadata`) replaces `checkpoint_dir` every N steps, atomically.
     Continuing: `resume` (a result's `.state`, with the model as it was then; or a checkpoint directory,
@@ -382,7 +398,11 @@ def train(
     main = distributed.is_main_process()
     show = (sys.stderr.isatty() if config.progress is None else config.progress) and main
     n_latent = None
-    checked = logged = first
+    checked, logged = first, first - first % config.log_every  # a continued run logs the same windows as one that never stopped
+    if resume is not None and on_log is not None:  # the records of the steps before `resume`, again: a continued log is whole
+        for done in range(config.log_every, logged + 1, config.log_every):
+            loss, distortion, rate = history[done - config.log_every : done].mean(dim=0).tolist()
+            on_log({"step": done, "loss": loss, "distortion": distortion, "rate": rate, "seconds": None})
     start = time.perf_counter()
     model.train()
     with tqdm(initial=first, total=end, disable=not show, desc="train", unit="step", leave=False) as bar:
@@ -413,6 +433,8 @@ def train(
             if not finite.all():
                 bad = checked + int((~finite).nonzero()[0])
                 raise TrainingDiverged(bad, _result(history[: bad + 1], time.perf_counter() - start))
+            if not _finite_weights(model):  # a finite loss can still have an inf gradient: the last update, no loss has seen yet
+                raise TrainingDiverged(done - 1, _result(history[:done], time.perf_counter() - start), what="the weights")
             checked = done
             if log_now:
                 if on_log is not None:
@@ -446,6 +468,11 @@ def _code_size(model: AutoEncoder, batch: Tensor) -> int:
             f"the encoder must return (mu, logvar), each (B, D); it returned shapes {tuple(mu.shape)} and {tuple(logvar.shape)}"
         )
     return mu.shape[1]
+
+
+def _finite_weights(model: AutoEncoder) -> bool:
+    """Whether every parameter is finite (one host sync)."""
+    return bool(torch.stack([parameter.isfinite().all() for parameter in model.parameters()]).all())
 
 
 def _detached(optimizer_state: dict) -> dict:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import csv
+import io
+import lzma
+import math
 import mmap
 import os
 import zipfile
 import zlib
 from pathlib import Path
+from tokenize import TokenError
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 __all__ = ["load_array", "chunks", "value_range", "release", "RowReader", "MMAP_BYTES"]
 
@@ -25,7 +30,9 @@ def load_array(path: str | Path, *, key: str | None = None, max_ndim: int = 2, m
     row. With `mmap`, a `.npy` file larger than MMAP_BYTES is memory-mapped read-only and returned in
     its own dtype (checked 64 MiB at a time, never loaded whole: `ipae.train` reads it batch by batch,
     see `RowReader`); anything else is float32. Raises FileNotFoundError for a missing file and ValueError, starting with the path, for
-    anything that is not a non-empty, finite, numeric array of that many dimensions.
+    anything that is not a non-empty, finite, numeric array of that many dimensions. Loading never runs code
+    (an array of Python objects, which only unpickling reads, is refused), and a .npy header is checked
+    against the bytes that follow it before anything is allocated for the shape it declares.
     """
     path = Path(path)
     if not path.is_file():
@@ -52,7 +59,7 @@ def load_array(path: str | Path, *, key: str | None = None, max_ndim: int = 2, m
         for chunk in chunks(array):
             if not np.isfinite(chunk).all():
                 raise ValueError(f"{path}: the array contains NaN or infinite values")
-            if (np.abs(chunk) > _FLOAT32_MAX).any():  # the cast would turn these into inf
+            if array.dtype.itemsize > 4 and (np.abs(chunk) > _FLOAT32_MAX).any():  # the cast would turn these into inf
                 raise ValueError(f"{path}: the array has values beyond the float32 range (+-{_FLOAT32_MAX:.3g})")
     return array if isinstance(array, np.memmap) else array.astype(np.float32)
 
@@ -79,39 +86,107 @@ def release(array: np.ndarray) -> None:
         mapping.madvise(mmap.MADV_DONTNEED)
 
 
-def _unreadable(path: Path, what: str, error: Exception) -> ValueError:
-    reason = " ".join(str(error).split())  # one line, whatever the library said
+def _unreadable(path: Path, what: str, error: Exception | str) -> ValueError:
+    reason = " ".join(str(error).split()) or type(error).__name__  # one line, whatever the library said
+    if len(reason) > 300:  # numpy quotes a whole damaged header
+        reason = reason[:300] + " ..."
     return ValueError(f"{path}: not a readable {what} ({reason})")
 
 
-def _read_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+_NPY_MAGIC, _ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
+_NPY_MAX_HEADER = 10_000  # bytes: numpy's own limit (np.load's max_header_size)
+_MAX_DIMENSION = np.iinfo(np.intp).max  # numpy indexes no further
+# Versions numpy writes for numeric arrays: the size of the header-length field, and numpy's reader.
+# (3.0 differs only by a UTF-8 header, which numpy writes for structured dtypes with non-Latin-1 names.)
+_NPY_VERSIONS = {(1, 0): (2, npy_format.read_array_header_1_0), (2, 0): (4, npy_format.read_array_header_2_0)}
+# What np.savez and np.savez_compressed write; an LZMA member's header sets the size of the decoder's dictionary (up to
+# 4 GiB, allocated before any data is read), and a bzip2 member is no archive numpy writes either.
+_NPZ_COMPRESSIONS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+# What zipfile raises for a damaged archive (RuntimeError: an encrypted member; NotImplementedError: an unknown compression).
+_ZIP_ERRORS = (OSError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile, zlib.error, lzma.LZMAError)
+# What numpy's header parser raises for a damaged header (it evaluates the header as a Python literal).
+_HEADER_ERRORS = (ValueError, TypeError, SyntaxError, TokenError, RecursionError, MemoryError, OverflowError)
+
+
+def _npy_header(path: Path, what: str, stream, size: int) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """The shape, Fortran order, dtype and data size in bytes that the .npy header at the start of `stream`
+    declares, `stream` holding `size` bytes. Checked before any data is read, so that nothing is allocated
+    for a header's claims: no Python objects (loading them means unpickling, which can run code), a
+    numeric dtype, and a shape whose bytes the file holds."""
+    start = stream.read(len(_NPY_MAGIC) + 2)
+    if start[: len(_NPY_MAGIC)] != _NPY_MAGIC:
+        raise _unreadable(path, what, f"no .npy magic string: it starts with {start!r}")
+    version = tuple(start[len(_NPY_MAGIC) :])
+    if version not in _NPY_VERSIONS:
+        raise _unreadable(path, what, f".npy format version {'.'.join(map(str, version))} is not 1.0 or 2.0")
+    length_size, read_header = _NPY_VERSIONS[version]
+    length_field = stream.read(length_size)
+    length = int.from_bytes(length_field, "little")
+    room = size - len(start) - length_size
+    if len(length_field) < length_size or length > min(room, _NPY_MAX_HEADER):
+        raise _unreadable(path, what, f"a header of {length} bytes, more than numpy's limit of {_NPY_MAX_HEADER} or the file's {room}")
     try:
-        array = np.load(path, allow_pickle=False, mmap_mode=mmap_mode)
+        shape, fortran, dtype = read_header(io.BytesIO(length_field + stream.read(length)), max_header_size=_NPY_MAX_HEADER)
+    except _HEADER_ERRORS as error:
+        raise _unreadable(path, what, error) from None
+    if dtype.hasobject:
+        raise _unreadable(path, what, "it holds Python objects, which only unpickling could load, and unpickling can run code")
+    if dtype.kind not in "biuf":
+        raise ValueError(f"{path}: expected a numeric array, got dtype {dtype}")
+    if any(not 0 <= dimension <= _MAX_DIMENSION for dimension in shape):  # a shape of no items passes the size check below
+        raise _unreadable(path, what, f"the header declares a dimension outside 0..{_MAX_DIMENSION} in the shape {shape}")
+    nbytes, room = math.prod(shape) * dtype.itemsize, room - length  # Python ints: no overflow
+    if nbytes > room:
+        raise _unreadable(path, what, f"the header declares {shape} {dtype}, {nbytes} bytes, but {room} bytes follow it")
+    return shape, fortran, dtype, nbytes
+
+
+def _read_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    with path.open("rb") as file:
+        if file.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC:
+            raise ValueError(f"{path}: not a readable .npy array (it is a .npz archive)")
+        file.seek(0)
+        _npy_header(path, ".npy array", file, path.stat().st_size)
+    try:  # the header fits the file: np.load allocates no more than the file holds
+        return np.load(path, allow_pickle=False, mmap_mode=mmap_mode)
     except (ValueError, OSError, EOFError) as error:
         raise _unreadable(path, ".npy array", error) from None
-    if not isinstance(array, np.ndarray):  # np.load reads by content: this is a .npz archive
-        array.close()
-        raise ValueError(f"{path}: not a readable .npy array (it is a .npz archive)")
-    return array
 
 
 def _read_npz(path: Path, key: str | None) -> np.ndarray:
+    """The array `key` of a .npz archive, read from the zip member by member name as np.load names them
+    ("x.npy" is "x"), its header checked before its data is read; the data is read in chunks, so that
+    memory grows with what the member holds, not with what its header or the zip directory claims. Members
+    compressed otherwise than numpy does (stored or deflated) are refused."""
+    what = ".npz archive"
+    with path.open("rb") as file:
+        if file.read(len(_NPY_MAGIC)) == _NPY_MAGIC:
+            raise ValueError(f"{path}: not a readable .npz archive (it is a .npy array)")
     try:
-        archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
-        raise _unreadable(path, ".npz archive", error) from None
-    if isinstance(archive, np.ndarray):  # np.load reads by content: this is a .npy array
-        raise ValueError(f"{path}: not a readable .npz archive (it is a .npy array)")
-    with archive:
-        names = ", ".join(map(repr, archive.files))
-        if key is None and len(archive.files) != 1:
-            raise ValueError(f"{path}: holds arrays {names}; name one with --key" if names else f"{path}: holds no arrays")
-        if key is not None and key not in archive.files:
-            raise ValueError(f"{path}: no array named {key!r}; it holds {names or 'none'}")
-        try:
-            return archive[archive.files[0] if key is None else key]
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-            raise _unreadable(path, ".npz archive", error) from None
+        with zipfile.ZipFile(path) as archive:
+            members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()}
+            names = ", ".join(map(repr, members))
+            if key is None and len(members) != 1:
+                raise ValueError(f"{path}: holds arrays {names}; name one with --key" if names else f"{path}: holds no arrays")
+            if key is not None and key not in members:
+                raise ValueError(f"{path}: no array named {key!r}; it holds {names or 'none'}")
+            name, info = (key, members[key]) if key is not None else next(iter(members.items()))
+            if info.compress_type not in _NPZ_COMPRESSIONS:
+                method = f"array {name!r} is compressed by method {info.compress_type}"
+                raise _unreadable(path, what, f"{method}; numpy writes stored or deflated arrays only (LZMA's header can claim 4 GiB)")
+            with archive.open(info) as stream:
+                shape, fortran, dtype, nbytes = _npy_header(path, f"{what} (array {name!r})", stream, info.file_size)
+                data = bytearray()
+                while len(data) < nbytes and (chunk := stream.read(min(nbytes - len(data), 1 << 24))):
+                    data += chunk
+    except _ZIP_ERRORS as error:  # not ValueError: ours are worded already
+        raise _unreadable(path, what, error) from None
+    if len(data) < nbytes:
+        raise _unreadable(path, f"{what} (array {name!r})", f"its data ended after {len(data)} of {nbytes} bytes")
+    try:
+        return np.frombuffer(data, dtype=dtype, count=math.prod(shape)).reshape(shape, order="F" if fortran else "C")
+    except ValueError as error:  # a shape numpy cannot make: over 64 dimensions, or no items in one too large to index
+        raise _unreadable(path, f"{what} (array {name!r})", error) from None
 
 
 def _read_csv(path: Path) -> np.ndarray:

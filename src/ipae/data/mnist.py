@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import math
 import os
 import sys
 import urllib.request
@@ -54,6 +55,7 @@ PAPER_N_TRAIN = 18000
 
 _IDX_TYPES = {0x08: "unsigned byte"}  # the only type MNIST uses
 _GZIP_MAGIC = b"\x1f\x8b"
+_DEFLATE_MAX_RATIO = 1032  # deflate expands a byte at most this much (258 bytes from 2 bits): a bound on a gzip's content
 _IMAGE_SHAPE = (28, 28)
 
 
@@ -75,35 +77,67 @@ def read_idx(path: str | Path) -> np.ndarray:
 
     Raises FileNotFoundError for a missing file and ValueError, naming the file, for a corrupt gzip stream,
     a bad magic number, an unsupported type code, or a payload shorter or longer than the declared shape.
+    The header is checked before the payload is read: a shape that needs more bytes than the file can
+    hold (its size, or for a gzipped file deflate's largest expansion of it) is refused without allocating.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    data = path.read_bytes()
-    if data[:2] == _GZIP_MAGIC:
+    with path.open("rb") as file:
+        gzipped = file.read(2) == _GZIP_MAGIC
+        file.seek(0)
+        if not gzipped:
+            return _read_idx_stream(path, file, capacity=path.stat().st_size, exact=True)
         try:
-            data = gzip.decompress(data)
+            with gzip.GzipFile(fileobj=file, mode="rb") as stream:
+                return _read_idx_stream(path, stream, capacity=_DEFLATE_MAX_RATIO * path.stat().st_size, exact=False)
         except (OSError, EOFError, zlib.error) as error:
-            raise ValueError(f"{path}: corrupt gzip data ({str(error) or type(error).__name__})") from None
-    if not data:
+            raise ValueError(f"{path}: corrupt gzip data ({' '.join(str(error).split()) or type(error).__name__})") from None
+
+
+def _read_idx_stream(path: Path, stream, *, capacity: int, exact: bool) -> np.ndarray:
+    """The IDX array in `stream`, which holds at most `capacity` bytes (exactly that many when `exact`)."""
+    start = stream.read(4)
+    if not start:
         raise ValueError(f"{path}: the file is empty")
-    if len(data) < 4 or data[:2] != b"\x00\x00":
-        raise ValueError(f"{path}: not an IDX file (magic number {data[:4].hex()}, expected 0000TTNN)")
-    type_code, ndim = data[2], data[3]
+    if len(start) < 4 or start[:2] != b"\x00\x00":
+        raise ValueError(f"{path}: not an IDX file (magic number {start.hex()}, expected 0000TTNN)")
+    type_code, ndim = start[2], start[3]
     if type_code not in _IDX_TYPES:
         supported = ", ".join(f"0x{code:02x} ({name})" for code, name in _IDX_TYPES.items())
         raise ValueError(f"{path}: unsupported IDX type code 0x{type_code:02x}; supported: {supported}")
     if ndim == 0:
         raise ValueError(f"{path}: the IDX header declares no dimensions")
     header = 4 + 4 * ndim
-    if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes, expected {header} for {ndim} dimensions)")
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected, payload = int(np.prod(shape, dtype=np.int64)), len(data) - header
-    if payload != expected:
-        problem = "truncated" if payload < expected else "too long"
-        raise ValueError(f"{path}: payload {problem}: the shape {shape} needs {expected} bytes, the file has {payload}")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape).copy()
+    dimensions = stream.read(4 * ndim)
+    if len(dimensions) < 4 * ndim:
+        raise ValueError(f"{path}: truncated IDX header ({4 + len(dimensions)} bytes, expected {header} for {ndim} dimensions)")
+    shape = tuple(int.from_bytes(dimensions[4 * i : 4 * i + 4], "big") for i in range(ndim))
+    expected = math.prod(shape)  # a Python int: 255 dimensions of 2**32 - 1 do not wrap around
+    if expected > capacity - header:  # refused before anything of that size is allocated
+        has = (
+            f"the file has {capacity - header}"
+            if exact
+            else f"a gzipped file of {capacity // _DEFLATE_MAX_RATIO} bytes holds at most {capacity}"
+        )
+        raise ValueError(f"{path}: payload truncated: the shape {_short(shape)} needs {expected} bytes, {has}")
+    payload = bytearray()
+    while len(payload) < expected and (chunk := stream.read(min(expected - len(payload), 1 << 20))):
+        payload += chunk
+    if len(payload) < expected:
+        raise ValueError(f"{path}: payload truncated: the shape {_short(shape)} needs {expected} bytes, the file has {len(payload)}")
+    if stream.read(1):
+        has = f"the file has {capacity - header}" if exact else "the file has more"
+        raise ValueError(f"{path}: payload too long: the shape {_short(shape)} needs {expected} bytes, {has}")
+    try:
+        return np.frombuffer(payload, dtype=np.uint8).reshape(shape)  # writable: the bytearray is ours
+    except ValueError as error:  # more dimensions than numpy takes (64), or zero items in a shape too large to index
+        raise ValueError(f"{path}: the IDX shape {_short(shape)} is not one an array can have ({error})") from None
+
+
+def _short(shape: tuple[int, ...]) -> str:
+    """A shape for a message: the first 8 dimensions of a long one."""
+    return str(shape) if len(shape) <= 8 else f"({', '.join(map(str, shape[:8]))}, ... {len(shape)} dimensions)"
 
 
 def verify_checksum(path: str | Path, expected: str) -> None:
@@ -122,23 +156,34 @@ def mnist_directory(data_dir: str | Path | None = None, *, download: bool | None
     With `data_dir`, the files must be there; they are downloaded into it only when `download` is True.
     Without it, the cache `$IPAE_DATA/mnist` (default: `$XDG_CACHE_HOME/ipae/mnist`, `~/.cache/ipae/mnist`,
     or `%LOCALAPPDATA%\\ipae\\mnist` on Windows) is used, and missing files are downloaded unless `download`
-    is False or the environment sets `IPAE_NO_DOWNLOAD=1`. Files that cannot be had raise FileNotFoundError.
+    is False or the environment sets `IPAE_NO_DOWNLOAD=1`. Files that cannot be had raise FileNotFoundError
+    (a failed download raises DownloadError and leaves no directory it made behind). The messages name the
+    Python parameters and the command line's options alike: both reach this function.
     """
     if data_dir is not None:
         directory, allowed = Path(data_dir), download is True
-        how = "copy the original files there, or pass download=True"
+        how = "copy the original files there, or download them there with download=True (or leave out --data-dir to use the cache)"
     else:
         directory = _cache_root() / "mnist"
         allowed = download if download is not None else os.environ.get("IPAE_NO_DOWNLOAD", "") in ("", "0")
-        how = "copy the original files there, or give their directory as data_dir, or unset IPAE_NO_DOWNLOAD"
+        how = "copy the original files there, or name a directory that holds them (data_dir=, or --data-dir), or unset IPAE_NO_DOWNLOAD"
     if directory.exists() and not directory.is_dir():
         raise NotADirectoryError(f"{directory}: not a directory")
     missing = [name for name in FILES if not (directory / name).is_file()]
     if missing and not allowed:
         raise FileNotFoundError(f"{directory}: missing MNIST files {', '.join(missing)}; {how}")
-    for name in missing:
-        directory.mkdir(parents=True, exist_ok=True)
-        _download(name, directory)
+    made = [path for path in (directory, *directory.parents) if not path.exists()]  # the deepest first
+    try:
+        for name in missing:
+            directory.mkdir(parents=True, exist_ok=True)
+            _download(name, directory)
+    except BaseException:
+        for path in made:  # an empty cache would look like a place that holds MNIST
+            try:
+                path.rmdir()
+            except OSError:  # not empty: a file that did arrive is kept
+                break
+        raise
     return directory
 
 

@@ -61,19 +61,22 @@ def compare_sweeps(reference: Path, other: Path) -> list[dict]:
     return rows
 
 
-def training_time_ratio(reference: Path, other: Path, *, from_repeat: int = 0) -> tuple[float, int]:
+def training_time_ratio(reference: Path, other: Path, *, from_repeat: int = 0) -> tuple[float, int] | None:
     """Training seconds of `reference` over those of `other`, summed over the successful repeats
     numbered `from_repeat` or more that both hold, and how many repeats that is: how much faster
-    `other` trained (e.g. with --compile). Compare only repeats that ran under the same load."""
+    `other` trained (e.g. with --compile). Compare only repeats that ran under the same load. None when
+    no repeat of both records its training time."""
     first, second = _errors(Path(reference)), _errors(Path(other))
     pairs = [
         (first[cell][r]["train_seconds"], second[cell][r]["train_seconds"])
         for cell in first.keys() & second.keys()
         for r in first[cell].keys() & second[cell].keys()
         if r >= from_repeat
+        and isinstance(first[cell][r]["train_seconds"], (int, float))
+        and isinstance(second[cell][r]["train_seconds"], (int, float))
     ]
     if not pairs:
-        raise ValueError(f"{reference} and {other} have no successful repeat numbered {from_repeat} or more in common")
+        return None
     return sum(a for a, _ in pairs) / sum(b for _, b in pairs), len(pairs)
 
 
@@ -153,15 +156,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rows = write_comparison(args.reference, args.other, args.out, args.name)
-        ratio, count = training_time_ratio(args.reference, args.other, from_repeat=args.time_from_repeat)
-    except (ValueError, OSError, TypeError) as error:
+        timing = training_time_ratio(args.reference, args.other, from_repeat=args.time_from_repeat)
+    except (ValueError, OSError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(summary(args.reference, args.other, rows))
-    print(
-        f"Training seconds of {args.reference} over {args.other}: {ratio:.3f}, "
-        f"summed over the {count} repeats numbered {args.time_from_repeat} or more that succeeded in both."
-    )
+    if timing is not None:
+        ratio, count = timing
+        print(
+            f"Training seconds of {args.reference} over {args.other}: {ratio:.3f}, "
+            f"summed over the {count} repeats numbered {args.time_from_repeat} or more that succeeded in both."
+        )
     print(f"-> {args.out / args.name}.{{md,csv,json}}")
     return 0
 

@@ -66,7 +66,9 @@ def run_conv(run: Run, data_dir: Path | None, out: Path) -> dict:
     resume = checkpoint if has_state(checkpoint) else None
     metrics: dict = {"config": run.describe()}
     try:
-        with json_lines(out.with_name(out.name + ".jsonl")) as log:  # beside the run; a resumed run logs from its resume step
+        with json_lines(
+            out.with_name(out.name + ".jsonl")
+        ) as log:  # beside the run; a resumed run first logs the steps before its resume step again
             result = train(model, _images(data.x_train), config, resume=resume, checkpoint_dir=checkpoint, on_log=log)
     except TrainingDiverged as diverged:
         metrics |= {"status": "failed", "error": str(diverged), "failed_step": diverged.step}

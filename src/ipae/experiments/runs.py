@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,10 +11,10 @@ import numpy as np
 
 from ipae._version import __version__
 from ipae.rates import InformationPotential, Rate, spec
-from ipae.results import json_lines, write_json
+from ipae.results import json_lines, remove_stale, write_json
 from ipae.train import TrainConfig, TrainingDiverged, TrainResult, train
 
-__all__ = ["Run", "child_seeds", "train_logged", "claim_sweep"]
+__all__ = ["Run", "child_seeds", "train_logged", "claim_sweep", "lock_sweep", "SweepBusy"]
 
 
 @dataclass(frozen=True)
@@ -72,18 +73,61 @@ def train_logged(model, data, config: TrainConfig, log: Path) -> tuple[TrainResu
         return None, {"status": "failed", "error": str(diverged), "failed_step": diverged.step, "train_seconds": diverged.result.seconds}
 
 
+class SweepBusy(OSError):
+    """Another process is writing the sweep directory."""
+
+
+# The sweep directories this process holds the lock of: (device, inode) of the lock file -> its descriptor.
+_LOCKS: dict[tuple[int, int], int] = {}
+LOCK_NAME = "sweep.lock"
+
+
+def lock_sweep(out: Path) -> None:
+    """Take the lock of the sweep directory `out` (out/sweep.lock, an fcntl.flock), held until this
+    process ends: two processes resuming one sweep would train the same runs and write the same files.
+    The same process may take it again. SweepBusy, naming the holder's pid, when another process holds it.
+    Where fcntl is missing (Windows), nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return
+    for key, held in list(_LOCKS.items()):  # the locks of sweep directories removed since: let them go
+        if os.fstat(held).st_nlink == 0:
+            os.close(held)
+            del _LOCKS[key]
+    descriptor = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    status = os.fstat(descriptor)
+    if (status.st_dev, status.st_ino) in _LOCKS:  # ours already
+        os.close(descriptor)
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(descriptor, 32).decode(errors="replace").strip()
+        os.close(descriptor)
+        who = f"another process (pid {holder})" if holder.isdigit() else "another process"
+        raise SweepBusy(f"{out}: {who} is running this sweep; wait for it to end, or stop it") from None
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, f"{os.getpid()}\n".encode())
+    _LOCKS[(status.st_dev, status.st_ino)] = descriptor
+
+
 def claim_sweep(out: Path, settings: dict, keys: tuple[str, ...], *, kind: str, absent: dict | None = None) -> None:
     """Make `out` a sweep directory with `settings` (out/sweep.json), or check that the sweep there
     shares `settings` in `keys`: a resumed sweep keeps runs that must be comparable with the new ones.
-    `absent`: the values of keys that older sweep.json files do not record."""
+    `absent`: the values of keys that older sweep.json files do not record. The sweep is locked for
+    this process first (`lock_sweep`): another process that claims it meanwhile is refused."""
     record = out / "sweep.json"
     if record.exists():
+        lock_sweep(out)
         kept = (absent or {}) | json.loads(record.read_text())
         differing = [f"{key} {kept.get(key)!r} there, {settings[key]!r} now" for key in keys if kept.get(key) != settings[key]]
         if differing:
             raise ValueError(f"{out} holds a sweep with other settings ({'; '.join(differing)}); use another --out")
         return
-    if out.exists() and any(out.iterdir()):
+    remove_stale(record)  # a sweep.json that a killed claim was writing
+    if out.exists() and any(path.name != LOCK_NAME for path in out.iterdir()):
         raise FileExistsError(f"{out} exists and does not hold a {kind} sweep; use another --out")
     out.mkdir(parents=True, exist_ok=True)
+    lock_sweep(out)
     write_json(record, {**settings, "version": __version__})
