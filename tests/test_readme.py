@@ -73,3 +73,8 @@ def test_a_row_of_the_readme_figure1_table_comes_from_the_current_code(tmp_path)
     finally:
         torch.set_num_threads(threads)
     assert (f"{metrics['E']:.4g}", f"{metrics['E_sampled']:.4g}") == (printed["E"], printed["E_sampled"])
+
+
+def test_the_rate_matched_doc_shows_the_generated_pilot_table():
+    docs = README.parent / "docs"
+    assert (docs / "rate_matched" / "mnist134" / "pilot.md").read_text().strip() in (docs / "rate_matched.md").read_text()
