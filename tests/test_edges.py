@@ -35,13 +35,7 @@ RATES = {  # every rate term of ipae.rates.RATES, IPAE with 1, 8 and all partner
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine their spinning costs 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _model(rate: str = "ip", rate_options: dict | None = None, **options) -> AutoEncoder:

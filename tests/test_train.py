@@ -24,13 +24,7 @@ CPU = torch.device("cpu")
 train_module = importlib.import_module("ipae.train")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine their spinning costs 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _model(seed: int = 0, rate=None, **options) -> AutoEncoder:
