@@ -174,7 +174,7 @@ def header(command: str, date: str, commit: str, summary: Summary, files: list[s
         "(tests/reliability.py records it; a run with a failing test writes no page).\n\n"
         f"- command: `{command}`\n"
         f"- date: {date}\n"
-        f"- commit: {commit}\n"
+        f"- {commit}\n"
         f"- CPU: {cpu_name()} (torch CPU capability {torch.backends.cpu.get_cpu_capability()})\n"
         f"- torch {torch.__version__}, Python {platform.python_version()}\n"
         f"- tests: {', '.join(files)}, {selection}\n"
