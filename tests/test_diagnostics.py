@@ -56,8 +56,8 @@ def test_diagnose_measures_the_models_codes():
     assert found["logvar_at_bound"] == 1.0 and found["logvar_max"] <= 2.0 and found["logvar_min"] >= AT_BOUND * 2.0
     # the distortion of one sampled code per point, recomputed here with the same draws
     generator = torch.Generator().manual_seed(3)
-    information(*[t.double() for t in model.encode(x[:30])], generator=generator)  # diagnose draws the MC noise first
     with torch.no_grad():
+        information(*[t.double() for t in model.encode(x[:30])], generator=generator)  # diagnose draws the MC noise first
         mu, logvar = (t.double() for t in model.encode(x))
         z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=generator, dtype=torch.float64)
         expected = ((model.decoder(z.float()) - x) ** 2).sum(dim=1).double().mean()
