@@ -22,10 +22,10 @@ import torch
 
 from ipae.checkpoint import has_state, save_model
 from ipae.data.mnist import load_mnist
+from ipae.diagnostics import INFORMATION_POINTS, information
 from ipae.evaluation import linear_svm_error
 from ipae.experiments.parallel import map_runs
 from ipae.experiments.runs import Run, child_seeds
-from ipae.mixture import estimates
 from ipae.models import AutoEncoder
 from ipae.rates import InformationPotential, PriorKL
 from ipae.results import json_lines, staged_directory, write_json, write_table
@@ -34,8 +34,6 @@ from ipae.train import TrainConfig, TrainingDiverged, train
 __all__ = ["conv_runs", "run_conv", "reproduce_conv_mnist", "COLUMNS"]
 
 COLUMNS = ("rate", "options", "beta", "steps", "precision", "seeds", "failed", "svm_error", "svm_error_std", "I_mc", "I_lower", "I_upper")
-INFORMATION_POINTS = 5000  # test codes whose mixture I(x; z) is measured (log 5000 = 8.5 nats at most)
-MC_SAMPLES = 16
 
 
 def conv_runs(training: TrainConfig, *, seeds: int = 3) -> list[Run]:
@@ -80,12 +78,11 @@ def run_conv(run: Run, data_dir: Path | None, out: Path) -> dict:
     test_mu, test_logvar = _encode(model, _images(data.x_test))
     generator = torch.Generator().manual_seed(info_seed)
     which = torch.randperm(len(test_mu), generator=generator)[:INFORMATION_POINTS]
-    found = estimates(test_mu[which], test_logvar[which], generator=generator, n_samples=MC_SAMPLES)
-    information = {"I_mc": found["mc"], "I_lower": found["bhattacharyya"], "I_upper": found["pairwise-kl"]}
+    measured = information(test_mu[which], test_logvar[which], generator=generator)  # I_mc, I_lower, I_upper, ...
     metrics |= {
         "status": "ok",
         "svm_error": linear_svm_error(train_mu.numpy(), data.y_train, test_mu.numpy(), data.y_test),
-        **information,
+        **measured,
         "information_points": len(which),
         "distortion": float(result.distortion[-100:].mean()),
         "train_seconds": result.seconds,
