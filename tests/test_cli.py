@@ -234,7 +234,14 @@ def test_encode_refuses_a_missing_or_damaged_model(trained_run, tmp_path, capsys
 def _information(output: str) -> dict[str, float]:
     """The estimates `ipae info` prints, by the key words of their labels."""
     lines = output.splitlines()[1:]
-    labels = {"lower": "lower bound", "mc": "Monte Carlo", "upper": "upper bound", "jensen": "Jensen", "log_n": "log N"}
+    labels = {
+        "lower": "lower bound",
+        "mc": "Monte Carlo",
+        "loo": "leave-one-out",
+        "upper": "upper bound",
+        "jensen": "Jensen",
+        "log_n": "log N",
+    }
     found = {key: [float(line.split()[-1]) for line in lines if label in line] for key, label in labels.items()}
     assert all(len(values) == 1 for values in found.values()), output
     return {key: values[0] for key, values in found.items()}
@@ -246,7 +253,7 @@ def test_info_prints_the_sandwich_with_known_answers(trained_run, tmp_path, caps
     code, out, _ = run(capsys, "info", str(trained_run), str(tmp_path / "same.npy"), "--samples", "4")
     assert code == 0
     values = _information(out)
-    assert [values[key] for key in ("lower", "mc", "upper", "jensen")] == pytest.approx([0.0] * 4, abs=1e-9)
+    assert [values[key] for key in ("lower", "mc", "loo", "upper", "jensen")] == pytest.approx([0.0] * 5, abs=1e-9)
     assert values["log_n"] == pytest.approx(np.log(20), abs=1e-4)  # printed to 4 decimals
     # Points far apart relative to the model's sigma: the lower bound <= MC <= the upper bounds.
     np.save(tmp_path / "grid.npy", np.stack(np.meshgrid(np.arange(-4.0, 5, 2), np.arange(-4.0, 5, 2)), -1).reshape(-1, 2))
@@ -254,7 +261,7 @@ def test_info_prints_the_sandwich_with_known_answers(trained_run, tmp_path, caps
     assert code == 0
     values = _information(out)
     assert values["lower"] <= values["upper"] <= values["jensen"] and values["lower"] - 0.05 <= values["mc"] <= values["upper"] + 0.05
-    assert values["upper"] <= values["log_n"] + 1e-4
+    assert values["upper"] <= values["log_n"] + 1e-4 and values["loo"] >= values["mc"]
 
 
 def test_info_refuses_bad_input(trained_run, tmp_path, capsys):

@@ -243,6 +243,7 @@ def _fake_mnist(n: int = 30):
 
 def test_a_failed_mnist_repeat_is_counted_not_fatal(tmp_path, monkeypatch):
     monkeypatch.setattr(mnist, "load_mnist", lambda *args, **kwargs: _fake_mnist())
+    monkeypatch.setitem(mnist.SUBSETS, "mnist134", ((1, 3, 4), 20))
     with after_every_step(poison):
         metrics = mnist.run_mnist(Run(PriorKL(), 1e-5, 0, TrainConfig(steps=3)), tmp_path, repeats=2, progress=False)
     assert metrics["failed_repeats"] == 2 and metrics["svm_error"] is None and metrics["svm_errors"] == []
@@ -269,6 +270,7 @@ def test_the_figure2_grid_is_the_papers():
 
 def test_the_figure2_sweep_writes_one_cell_each_keeps_finished_repeats_and_refuses_other_settings(tmp_path, monkeypatch):
     monkeypatch.setattr(mnist, "load_mnist", lambda *args, **kwargs: _fake_mnist(n=600))
+    monkeypatch.setitem(mnist.SUBSETS, "mnist134", ((1, 3, 4), 500))
     training = TrainConfig(steps=2, progress=False)
     with counted_steps() as steps:
         rows = figure2.reproduce_figure2(tmp_path / "sweep", training, repeats=1, progress=False)

@@ -34,10 +34,12 @@ def _reference(method: str, mu: torch.Tensor, logvar: torch.Tensor, eps: torch.T
         distance = _kl if method == "pairwise-kl" else _bd
         return -sum(math.log(sum(math.exp(-distance(m[i], lv[i], m[j], lv[j])) for j in range(n)) / n) for i in range(n)) / n
     total, count = 0.0, 0
+    others = [j for j in range(n)] if method == "mc" else None  # "loo": all but the point's own component
     for k in range(eps.shape[0]):
         for i in range(n):
             z = [m[i][d] + math.exp(0.5 * lv[i][d]) * float(eps[k, i, d]) for d in range(len(m[i]))]
-            mixture = math.log(sum(math.exp(_log_normal(z, m[j], lv[j])) for j in range(n)) / n)
+            partners = others if others is not None else [j for j in range(n) if j != i]
+            mixture = math.log(sum(math.exp(_log_normal(z, m[j], lv[j])) for j in partners) / len(partners))
             total += _log_normal(z, m[i], lv[i]) - mixture
             count += 1
     return total / count
@@ -50,15 +52,15 @@ def test_every_method_matches_loops(method, chunk_size):
     generator = torch.Generator().manual_seed(2)
     replay = torch.Generator().set_state(generator.get_state())
     value = mutual_information(mu, logvar, method=method, generator=generator, n_samples=3, chunk_size=chunk_size)
-    eps = torch.randn((3, 7, 3), generator=replay, dtype=F64) if method == "mc" else None
+    eps = torch.randn((3, 7, 3), generator=replay, dtype=F64) if method in ("mc", "loo") else None
     expected = _reference(method, mu, logvar, eps)
     assert float(value) == pytest.approx(expected, rel=1e-10)
     # the method itself, called as METHODS[name](mu, logvar, eps or None, chunk_size)
     assert float(METHODS[method](mu, logvar, eps, chunk_size)) == pytest.approx(expected, rel=1e-10)
 
 
-def test_the_methods_are_the_four_estimators_and_only_mc_reads_its_noise():
-    assert set(METHODS) == {"jensen", "pairwise-kl", "bhattacharyya", "mc"}
+def test_the_methods_are_the_five_estimators_and_only_mc_and_loo_read_their_noise():
+    assert set(METHODS) == {"jensen", "pairwise-kl", "bhattacharyya", "mc", "loo"}
     mu, logvar = _gaussians(6, 2, seed=13)
     eps = draw_mc_noise(mu, 2, torch.Generator().manual_seed(14))
     for method in DETERMINISTIC:
@@ -192,7 +194,7 @@ def test_gradcheck(method):
 
     assert torch.autograd.gradcheck(estimate, (mu, logvar))
     # the method itself, with fixed noise for "mc"
-    eps = draw_mc_noise(mu, 2, torch.Generator().manual_seed(0)) if method == "mc" else None
+    eps = draw_mc_noise(mu, 2, torch.Generator().manual_seed(0)) if method in ("mc", "loo") else None
     assert torch.autograd.gradcheck(lambda m, lv: METHODS[method](m, lv, eps, 3), (mu, logvar))
 
 
@@ -238,3 +240,15 @@ def test_bad_inputs_are_refused():
         mutual_information(torch.zeros(4, 2), torch.zeros(4, 3), method="jensen")
     with pytest.raises(ValueError, match="finite"):
         mutual_information(torch.tensor([[0.0, math.nan]]), torch.zeros(1, 2), method="pairwise-kl")
+
+
+def test_estimates_share_one_draw_between_mc_and_loo_and_match_the_loops():
+    from ipae.mixture import estimates
+
+    mu, logvar = _gaussians(6, 2, seed=21)
+    generator = torch.Generator().manual_seed(22)
+    eps = draw_mc_noise(mu, 4, torch.Generator().set_state(generator.get_state()))
+    found = estimates(mu, logvar, generator=generator, n_samples=4, chunk_size=4)
+    for method in ("mc", "loo", *DETERMINISTIC):
+        assert found[method] == pytest.approx(_reference(method, mu, logvar, eps), rel=1e-10), method
+    assert found["mc"] <= math.log(6) and found["loo"] > found["mc"]  # own component kept / left out

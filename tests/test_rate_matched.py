@@ -1,20 +1,28 @@
-"""The rate-matched comparison: interpolation along each model's curve, the shared range, pairing,
-and a tiny sweep end to end (resumed)."""
+"""The rate-matched comparison: each run paired with its repeat's VAE at its own measured rate, never
+extrapolated; Holm; saturated runs left out; provenance; held-out points; a tiny sweep end to end (resumed)."""
 
+import hashlib
 import json
+import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 
+from ipae.data.mnist import PAPER_DIGITS, PAPER_N_TRAIN, load_mnist
 from ipae.data.toy import gaussian_grid
 from ipae.experiments import toy
-from ipae.experiments.rate_matched import matched_rates, reproduce_rate_matched, shared_range
+from ipae.experiments.mnist import held_out, information_points
+from ipae.experiments.rate_matched import check_provenance, holm, matched_comparison, matched_runs, reproduce_rate_matched
 from ipae.train import TrainConfig
 
 OFFSETS = {"vae": 0.0, "ip1": -1.0, "ip8": 0.5, "pairwise-kl": 0.0}
+MNIST = Path(os.environ.get("IPAE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
 
 
 def _records(rates_by_model, *, repeats=3, saturated=()):
-    """Synthetic runs: E = offset(model) + 2 I + repeat, exactly linear in I, the same I in every repeat."""
+    """Synthetic runs: I_mc and I_loo 0.1 below and above `rate` (so it is the matched rate), and
+    E = offset(model) + 2 I + repeat, exactly linear in I."""
     records = []
     for model, rates in rates_by_model.items():
         for beta, rate in enumerate(rates):
@@ -25,12 +33,15 @@ def _records(rates_by_model, *, repeats=3, saturated=()):
                         "beta": float(beta),
                         "repeat": repeat,
                         "status": "ok",
-                        "I_mc": rate,
-                        "I_lower": rate - 0.1,
-                        "I_upper": rate + 0.1,
+                        "I_mc": rate - 0.1,
+                        "I_loo": rate + 0.1,
+                        "I_lower": rate - 0.2,
+                        "I_upper": rate + 0.2,
                         "I_saturated": (model, beta) in saturated,
                         "I_points": 100,
                         "E": OFFSETS[model] + 2.0 * rate + repeat,
+                        "code": "same",
+                        "commit": "commit abc",
                     }
                 )
     return records
@@ -39,31 +50,61 @@ def _records(rates_by_model, *, repeats=3, saturated=()):
 RATES = {"vae": (1.0, 2.0, 4.0), "ip1": (0.5, 3.0, 5.0), "ip8": (1.5, 2.5, 3.5), "pairwise-kl": (1.2, 6.0)}
 
 
-def test_the_shared_range_is_where_every_models_unsaturated_cells_overlap():
-    assert shared_range(_records(RATES)) == (1.5, 3.5)
-    # a saturated cell does not count: pairwise-kl's 6 nats and ip8's 3.5 are left out
-    assert shared_range(_records(RATES, saturated={("ip8", 2.0)})) == (1.5, 2.5)
-    assert shared_range(_records({"vae": (1.0, 2.0), "ip1": (3.0, 4.0)})) is None
+def test_each_run_is_paired_with_its_repeats_vae_at_its_own_rate_and_never_extrapolated():
+    rows = matched_runs(_records(RATES), "E")
+    # ip1's 0.5 and 5.0 nats and pairwise-kl's 6.0 lie outside the VAE's 1 to 4 nats: left out
+    assert sorted({(row["model"], row["I"]) for row in rows}) == sorted(
+        [("ip1", 3.0), ("ip8", 1.5), ("ip8", 2.5), ("ip8", 3.5), ("pairwise-kl", 1.2)]
+    )
+    for row in rows:  # the VAE's line at the run's rate, in the run's own repeat
+        assert row["vae"] == pytest.approx(2.0 * row["I"] + row["repeat"])
+        assert row["value"] - row["vae"] == pytest.approx(OFFSETS[row["model"]])
 
 
-def test_matched_rates_interpolate_each_repeat_and_pair_them():
-    rows, shared = matched_rates(_records(RATES), {"E": True}, targets=3)
-    assert shared == (1.5, 3.5)
-    assert [row["I_target"] for row in rows if row["model"] == "ip1"] == [1.5, 2.5, 3.5]
-    for row in rows:  # linear curves: the difference is the offset, the same in every repeat
-        assert row["n"] == 3 and row["difference"] == pytest.approx(OFFSETS[row["model"]])
-        assert row["vae_mean"] == pytest.approx(2.0 * row["I_target"] + 1.0)  # mean over repeats 0, 1, 2
-        better, worse = (3, 0) if OFFSETS[row["model"]] < 0 else (0, 3) if OFFSETS[row["model"]] > 0 else (0, 0)
-        assert (row["better"], row["worse"], row["tied"]) == (better, worse, 3 - better - worse)
-        assert row["p_t"] is None  # identical differences: no t statistic
-
-
-def test_a_repeat_whose_curve_misses_the_target_is_left_out():
+def test_the_comparison_reports_n_the_pairs_range_and_its_cells_and_holm_for_the_primary_metric():
     records = _records(RATES)
-    records = [r for r in records if not (r["model"] == "ip1" and r["repeat"] == 2 and r["beta"] == 0.0)]  # repeat 2 starts at 3 nats
-    rows, _ = matched_rates(records, {"E": True}, targets=3)
-    n = {row["I_target"]: row["n"] for row in rows if row["model"] == "ip1"}
-    assert n == {1.5: 2, 2.5: 2, 3.5: 3}
+    for record in records:  # noise in the differences, so that the t-test has a statistic
+        record["E"] += 0.01 * ((record["repeat"] * 7 + int(record["beta"]) * 3) % 5)
+    rows = {(row["metric"], row["model"]): row for row in matched_comparison(records, {"E": True}, "E")}
+    ip1, ip8 = rows[("E", "ip1")], rows[("E", "ip8")]
+    assert ip1["n"] == 3 and ip1["runs"] == 3 and ip8["runs"] == 9
+    assert (ip1["I_low"], ip1["I_high"]) == pytest.approx((1.0, 4.0))  # the overlap of 0.5-5 and 1-4
+    assert (ip1["model_cells"], ip1["vae_cells"], ip1["max_gap"]) == (1, 3, pytest.approx(2.0))
+    assert ip1["difference"] == pytest.approx(-1.0, abs=0.05) and ip1["better"] == 3 and ip1["role"] == "primary"
+    expected = holm([rows[("E", m)]["p_t"] for m in ("ip1", "ip8", "pairwise-kl")])
+    assert [rows[("E", m)]["p_holm"] for m in ("ip1", "ip8", "pairwise-kl")] == expected
+    secondary = matched_comparison(records, {"E": True, "nmi": False}, "nmi")
+    assert all("p_holm" not in row for row in secondary if row["metric"] == "E")
+
+
+def test_holm_adjusts_step_down_and_keeps_missing_tests():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.2, None, 0.01]) == [pytest.approx(0.4), None, pytest.approx(0.03)]
+    assert holm([0.9, 0.8]) == [1.0, 1.0] and holm([0.04, 0.3]) == pytest.approx([0.08, 0.3])
+
+
+def test_saturated_runs_do_not_enter_the_matching():
+    rows = matched_runs(_records(RATES, saturated={("ip8", 1.0), ("vae", 2.0)}), "E")
+    assert ("ip8", 2.5) not in {(row["model"], row["I"]) for row in rows}
+    assert ("ip8", 3.5) not in {(row["model"], row["I"]) for row in rows}  # the VAE's curve now ends at 2 nats
+
+
+def test_records_of_different_code_are_not_mixed():
+    records = _records(RATES)
+    assert check_provenance(records) == {"commits": ["commit abc"], "code": "same"}
+    records[0] |= {"code": "other", "commit": "commit def"}
+    with pytest.raises(ValueError, match="different training or diagnostics code"):
+        check_provenance(records)
+
+
+@pytest.mark.skipif(not MNIST.is_dir(), reason="needs the MNIST files")
+def test_no_evaluation_point_of_a_run_is_in_its_training_subset():
+    data, unused = held_out("mnist134", MNIST, seed=123)
+    assert np.array_equal(data.x_train, load_mnist(MNIST, digits=PAPER_DIGITS, n_train=PAPER_N_TRAIN, seed=123).x_train)
+    points = information_points(data.x_test, unused, np.random.default_rng(4))
+    assert len(points) == len(data.x_test) + len(unused) == 3127 + 715
+    digest = {hashlib.sha256(row.tobytes()).digest() for row in data.x_train}
+    assert not any(hashlib.sha256(row.tobytes()).digest() in digest for row in points)
 
 
 @pytest.fixture
@@ -77,10 +118,8 @@ def test_a_tiny_toy_sweep_writes_its_tables_pairs_its_repeats_and_resumes(tmp_pa
     result = reproduce_rate_matched(tmp_path / "sweep", training, dataset="toy", grids=grids, repeats=2, progress=False)
     lines = [json.loads(line) for line in (tmp_path / "sweep" / "runs.jsonl").read_text().splitlines()]
     assert len(lines) == 16 and {line["model"] for line in lines} == set(grids)
-    assert all(
-        {"I_mc", "I_lower", "I_upper", "I_saturated", "E", "E_sampled", "nmi", "distortion", "beta", "repeat"} <= set(line)
-        for line in lines
-    )
+    keys = {"I_mc", "I_loo", "I_lower", "I_upper", "I_saturated", "E", "E_sampled", "nmi", "distortion", "beta", "repeat", "commit", "code"}
+    assert all(keys <= set(line) for line in lines)
     # paired: repeat r trains every model on the same data (E_identity depends only on the data)
     for repeat in (0, 1):
         assert len({line["E_identity"] for line in lines if line["repeat"] == repeat}) == 1

@@ -183,7 +183,7 @@ def _build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument(
         "--repeats",
         type=_positive_int,
-        help="figure2: repeats per cell (default 10); conv-mnist: seeds (3); rate-matched: repeats (5, pilot 1)",
+        help="figure2: repeats per cell (default 10); conv-mnist: seeds (3); rate-matched: repeats (6, pilot 1)",
     )
     reproduce.add_argument("--data-dir", type=Path, help="figure2, conv-mnist, rate-matched: a directory with the four MNIST files")
     reproduce.add_argument("--resume", action="store_true", help="figure2, conv-mnist, rate-matched: continue the sweep in --out")
@@ -457,15 +457,20 @@ def _transform(args) -> int:
 
 @torch.no_grad()
 def _info(args) -> int:
-    from ipae.mixture import REPORTED, estimates
+    from ipae.diagnostics import SATURATION_GAP
+    from ipae.mixture import DRAWING, REPORTED, estimates
 
     model, x = _load(args, "data")
     mu, logvar = model.double().encode(x.double())
     found = estimates(mu, logvar, generator=torch.Generator().manual_seed(args.seed), n_samples=args.samples)
     print(f"I(x; z) in nats of {args.model_dir} on {mu.shape[0]} points of {args.data} (codes of dimension {mu.shape[1]}):")
     for method, label in REPORTED.items():
-        print(f"  {label + (f' ({args.samples} draws per point)' if method == 'mc' else ''):<48}{found[method]:.4f}")
+        print(f"  {label + (f' ({args.samples} draws per point)' if method in DRAWING else ''):<64}{found[method]:.4f}")
     print(f"  log N, the most a mixture of N components can carry: {math.log(mu.shape[0]):.4f}")
+    if found["loo"] - found["mc"] > SATURATION_GAP:
+        print(
+            f"  saturated: the two Monte Carlo estimates differ by more than {SATURATION_GAP} nats; I(x; z) is at least {found['mc']:.4f}"
+        )
     return 0
 
 

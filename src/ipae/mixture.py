@@ -9,6 +9,11 @@ s = exp(logvar); I(x; z) = H(p) - mean_i H(p_i). Methods, in nats:
 - "bhattacharyya": their lower bound, I >= -mean_i log mean_j exp(-BD(p_i, p_j)), with the
   Bhattacharyya distance BD.
 - "mc": Monte Carlo of eq. 7 before Jensen's inequality, as I = mean_ik log(p_i(z_ik) / p(z_ik)), z_ik ~ p_i.
+  p includes p_i itself, so the estimate cannot exceed log N and reads low once the codes are nearly
+  separable: it is the I of the N codes' mixture, a floor for the I of the population they come from.
+- "loo": the same draws with p_i left out of the mixture, p_-i = 1/(N-1) sum_{j != i} p_j. Not capped at
+  log N; it reads high where "mc" reads low, so where the two disagree the codes are saturated
+  (`ipae.diagnostics.saturated`).
 
 Pairwise quantities are computed block by block (chunk_size x chunk_size pairs at a time) with a
 running log-sum-exp over the partner blocks, so memory is O(N * D + chunk_size^2) and N = 100 000 fits.
@@ -133,43 +138,68 @@ def _bhattacharyya(mu: Tensor, logvar: Tensor, eps: Tensor | None, chunk_size: i
     return -_log_mean_exp_of_negative(bhattacharyya_distance, mu, logvar, max(1, chunk_size // 4))
 
 
-def _log_mixture_density(z: Tensor, mu: Tensor, logvar: Tensor, chunk_size: int) -> Tensor:
-    """log p(z) = log mean_j N(z; mu_j, s_j) for each row of z: (M, D) -> (M,), block by block."""
+def _log_sum_of_others(z: Tensor, own: Tensor, mu: Tensor, logvar: Tensor, chunk_size: int) -> Tensor:
+    """log sum_{j != own_m} N(z_m; mu_j, s_j) for each row of z: (M, D), (M,) int64 -> (M,), block by
+    block; component own_m is masked out of its row, so no cancellation against it is needed."""
     n, d = mu.shape
     log_normaliser = -0.5 * (d * math.log(2 * math.pi) + logvar.sum(dim=1))  # (N,)
     precision = (-logvar).exp()
+    rows = torch.arange(len(z), device=z.device)
     running = None
     for start in range(0, n, chunk_size):
         columns = slice(start, start + chunk_size)
         log_density = log_normaliser[columns] - 0.5 * _weighted_square_distance(z, mu[columns], precision[columns])  # (M, J)
+        inside = (own >= start) & (own < start + log_density.shape[1])  # (M,): rows whose own component is in this block
+        log_density[rows[inside], own[inside] - start] = -math.inf
         block = torch.logsumexp(log_density, dim=1)
         running = block if running is None else torch.logaddexp(running, block)
-    return running - math.log(n)
+    return running
+
+
+def _log_ratios(mu: Tensor, logvar: Tensor, eps: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
+    """log p_i(z_ik) and log sum_{j != i} p_j(z_ik) for z_ik = mu_i + s_i^0.5 eps_ik, eps (S, N, D):
+    (S * N,) each, O(S N^2 D) time. The one pass that both Monte Carlo estimates share."""
+    d = mu.shape[1]
+    z = reparameterise(mu, logvar, eps).flatten(0, 1)  # (S * N, D)
+    log_own = (-0.5 * (d * math.log(2 * math.pi) + logvar.sum(dim=1) + eps.square().sum(dim=2))).flatten()  # (S * N,): log p_i(z_ik)
+    own = torch.arange(mu.shape[0], device=mu.device).repeat(eps.shape[0])  # (S * N,): i of row ik
+    log_others = torch.cat(
+        [
+            _log_sum_of_others(z[start : start + chunk_size], own[start : start + chunk_size], mu, logvar, chunk_size)
+            for start in range(0, len(z), chunk_size)
+        ]
+    )
+    return log_own, log_others
 
 
 def _monte_carlo(mu: Tensor, logvar: Tensor, eps: Tensor | None, chunk_size: int) -> Tensor:
-    """I = mean_ik [log p_i(z_ik) - log p(z_ik)], z_ik = mu_i + s_i^0.5 eps_ik, eps (S, N, D): O(S N^2 D) time.
+    """I = mean_ik [log p_i(z_ik) - log p(z_ik)], p = 1/N sum_j p_j.
 
     The log-ratio form (rather than -mean log p(z) minus the exact H(z|x)) cancels the noise that both
     terms share: it is exact, sample by sample, for identical or for far-apart components.
     """
-    d = mu.shape[1]
-    z = reparameterise(mu, logvar, eps).flatten(0, 1)  # (S * N, D)
-    log_own = (-0.5 * (d * math.log(2 * math.pi) + logvar.sum(dim=1) + eps.square().sum(dim=2))).flatten()  # (S * N,): log p_i(z_ik)
-    log_mixture = torch.cat(
-        [_log_mixture_density(z[start : start + chunk_size], mu, logvar, chunk_size) for start in range(0, len(z), chunk_size)]
-    )
-    return (log_own - log_mixture).mean()
+    log_own, log_others = _log_ratios(mu, logvar, eps, chunk_size)
+    return (log_own - torch.logaddexp(log_others, log_own)).mean() + math.log(mu.shape[0])
 
 
-# name -> I(x; z) of the batch mixture, (mu, logvar, eps, chunk_size) -> scalar; only "mc" reads eps
+def _leave_one_out(mu: Tensor, logvar: Tensor, eps: Tensor | None, chunk_size: int) -> Tensor:
+    """I = mean_ik [log p_i(z_ik) - log p_-i(z_ik)], p_-i = 1/(N-1) sum_{j != i} p_j; needs N >= 2."""
+    if mu.shape[0] < 2:
+        raise ValueError(f'method "loo" needs N >= 2 points, got {mu.shape[0]}')
+    log_own, log_others = _log_ratios(mu, logvar, eps, chunk_size)
+    return (log_own - log_others).mean() + math.log(mu.shape[0] - 1)
+
+
+# name -> I(x; z) of the batch mixture, (mu, logvar, eps, chunk_size) -> scalar; only "mc" and "loo" read eps
 # (S, N, D), its standard-normal draws (see `draw_mc_noise`), the others take None.
 METHODS: dict[str, Callable[[Tensor, Tensor, Tensor | None, int], Tensor]] = {
     "jensen": _jensen,
     "pairwise-kl": _pairwise_kl,
     "bhattacharyya": _bhattacharyya,
     "mc": _monte_carlo,
+    "loo": _leave_one_out,
 }
+DRAWING = ("mc", "loo")  # the methods that read standard-normal draws
 
 
 def mutual_information(
@@ -185,15 +215,15 @@ def mutual_information(
 
     `method`: a key of METHODS. Cost: "jensen" O(N D) time and memory; "pairwise-kl" O(N^2 D) time,
     O(N D + chunk_size^2) memory; "bhattacharyya" the same (its blocks are chunk_size / 4 on a side);
-    "mc" O(n_samples N^2 D) time, O(n_samples N D + chunk_size^2) memory, draws from `generator`.
+    "mc" and "loo" O(n_samples N^2 D) time, O(n_samples N D + chunk_size^2) memory, draw from `generator`.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     _check(mu, logvar, chunk_size)
     eps = None
-    if method == "mc":  # the one estimator that draws
+    if method in DRAWING:
         if generator is None:
-            raise ValueError('method "mc" needs a generator (torch.Generator) for its draws')
+            raise ValueError(f'method "{method}" needs a generator (torch.Generator) for its draws')
         eps = draw_mc_noise(mu, n_samples, generator)
     return METHODS[method](mu, logvar, eps, chunk_size)
 
@@ -217,11 +247,23 @@ def mixture_entropy(mu: Tensor, logvar: Tensor, **options) -> Tensor:
 REPORTED = {
     "bhattacharyya": "lower bound (Bhattacharyya)",
     "mc": "Monte Carlo",
+    "loo": "leave-one-out estimate (own component out)",
     "pairwise-kl": "upper bound (pairwise KL)",
     "jensen": "Jensen bound (eq. 10 - D/2)",
 }
 
 
-def estimates(mu: Tensor, logvar: Tensor, *, generator: torch.Generator, n_samples: int) -> dict[str, float]:
-    """I(x; z) by every method of REPORTED, the Monte Carlo one with `n_samples` draws per point."""
-    return {method: float(mutual_information(mu, logvar, method=method, generator=generator, n_samples=n_samples)) for method in REPORTED}
+def estimates(mu: Tensor, logvar: Tensor, *, generator: torch.Generator, n_samples: int, chunk_size: int = CHUNK_SIZE) -> dict[str, float]:
+    """I(x; z) by every method of REPORTED. "mc" and "loo" share one pass over the same `n_samples`
+    draws per point, so their difference is not Monte Carlo noise between two draws."""
+    _check(mu, logvar, chunk_size)
+    found = {}
+    for method in REPORTED:
+        if method in DRAWING:
+            continue
+        found[method] = float(METHODS[method](mu, logvar, None, chunk_size))
+    log_own, log_others = _log_ratios(mu, logvar, draw_mc_noise(mu, n_samples, generator), chunk_size)
+    n = mu.shape[0]
+    found["mc"] = float((log_own - torch.logaddexp(log_others, log_own)).mean() + math.log(n))
+    found["loo"] = float((log_own - log_others).mean() + math.log(n - 1)) if n > 1 else math.nan
+    return {method: found[method] for method in REPORTED}

@@ -218,9 +218,15 @@ def load_mnist(
         which = "" if digits is None else f" of digits {digits}"
         if n_train > len(y_train):
             raise ValueError(f"n_train={n_train} but only {len(y_train)} training images{which} are available")
-        index = np.sort(np.random.default_rng(seed).choice(len(y_train), size=n_train, replace=False))  # (n_train,)
+        index = subset_index(len(y_train), n_train, seed)
         x_train, y_train = x_train[index], y_train[index]
     return MnistSplits(_pixels(x_train), y_train.astype(np.int64), _pixels(x_test), y_test.astype(np.int64))
+
+
+def subset_index(available: int, n_train: int, seed: int) -> np.ndarray:
+    """The rows of a training split of `available` images that `load_mnist(n_train=..., seed=...)` keeps:
+    (n_train,) int64, drawn without replacement with `np.random.default_rng(seed)`, in increasing order."""
+    return np.sort(np.random.default_rng(seed).choice(available, size=n_train, replace=False))
 
 
 def _check_digits(digits: Iterable[int] | None) -> tuple[int, ...] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -11,10 +12,41 @@ import numpy as np
 
 from ipae._version import __version__
 from ipae.rates import InformationPotential, Rate, spec
-from ipae.results import json_lines, remove_stale, write_json
+from ipae.results import cpu_name, json_lines, remove_stale, revision, write_json
 from ipae.train import TrainConfig, TrainingDiverged, TrainResult, train
 
-__all__ = ["Run", "child_seeds", "train_logged", "claim_sweep", "lock_sweep", "SweepBusy"]
+__all__ = ["Run", "child_seeds", "train_logged", "claim_sweep", "lock_sweep", "SweepBusy", "run_provenance"]
+
+# The modules whose code trains a run or measures it. Records whose fingerprints of these differ may not
+# measure the same thing, so a study's summary refuses to mix them (`ipae.experiments.rate_matched`).
+CODE_FILES = (
+    "information.py", "mixture.py", "rates.py", "layers.py", "networks.py", "models.py", "train.py", "diagnostics.py",
+    "evaluation.py", "data/mnist.py", "data/toy.py", "data/arrays.py", "experiments/mnist.py", "experiments/toy.py",
+    "experiments/runs.py",
+)  # fmt: skip
+
+
+def code_fingerprint() -> str:
+    """The first 16 hex digits of the SHA-256 of CODE_FILES (names and bytes) as installed."""
+    package = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for name in CODE_FILES:
+        digest.update(name.encode() + b"\0" + (package / name).read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def run_provenance(device: object) -> dict:
+    """What a run's record says of where it ran: the commit of the code, the fingerprint of its training
+    and diagnostics code, the CPU with torch's capability, and the device it trained on."""
+    import torch
+
+    package = Path(__file__).resolve().parent.parent
+    return {
+        "commit": revision(package),
+        "code": code_fingerprint(),
+        "machine": f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()})",
+        "device": str(device),
+    }
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from ipae.checkpoint import save_model
 from ipae.data.toy import gaussian_grid
 from ipae.diagnostics import diagnose
 from ipae.evaluation import centre_distance
-from ipae.experiments.runs import Run, child_seeds, train_logged
+from ipae.experiments.runs import Run, child_seeds, run_provenance, train_logged
 from ipae.information import reparameterise
 from ipae.models import AutoEncoder
 from ipae.results import save_png, write_json
@@ -45,7 +45,7 @@ def run_toy(run: Run, out: Path, *, device: str | torch.device | None = None, pr
     data = gaussian_grid(seed=data_seed)
     model = AutoEncoder.from_preset("toy", rate=run.rate, beta=run.beta, seed=model_seed, paper_exact=run.paper_exact).to(device)
     metrics: dict = {
-        "device": str(device),
+        **run_provenance(device),
         "config": run.describe(),
         "architecture": model.architecture.to_dict(),
         "E_identity": centre_distance(data.x, data.labels, data.centres),
