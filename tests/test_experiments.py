@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ipae.data.toy import gaussian_grid
+from ipae.evaluation import holm
 from ipae.experiments import conv_mnist, figure1, figure2, mnist, rate_distortion, toy
 from ipae.experiments.figure1 import IPAE_BETAS, VAE_BETAS, figure1_runs, summary
 from ipae.experiments.parallel import map_runs
@@ -286,6 +287,13 @@ def test_the_figure2_sweep_writes_one_cell_each_keeps_finished_repeats_and_refus
 
     with counted_steps() as steps:
         more = figure2.reproduce_figure2(tmp_path / "sweep", training, repeats=2, progress=False)
+    # the pre-registered primary table: the six IPAE cells against the VAE at beta = 1e-3, Holm-adjusted
+    primary = json.loads((tmp_path / "sweep" / "figure2-primary.json").read_text())
+    assert [(row["rate"], row["beta"]) for row in primary] == [("ip", b) for b in (1e-5, 1e-4, 1e-3, 1e-5, 1e-5, 1e-5)]
+    assert [row["p_holm"] for row in primary] == holm([row["p_t"] for row in primary])
+    after = json.loads((tmp_path / "sweep" / "cells.json").read_text())
+    ip, vae = (np.array(after[name]["svm_errors"]) for name in ("ip-n_partners1-beta1e-05", "vae-beta0.001"))
+    assert primary[0]["n"] == 2 and primary[0]["difference"] == pytest.approx(float((ip - vae).mean()))
     assert len(steps) == 10 * 2  # only the new repeat of each cell
     assert [row["svm_errors"][0] for row in more] == [row["svm_errors"][0] for row in rows]
     assert all(cell["repeats"] == 2 for cell in json.loads((tmp_path / "sweep" / "cells.json").read_text()).values())
@@ -295,6 +303,14 @@ def test_the_figure2_sweep_writes_one_cell_each_keeps_finished_repeats_and_refus
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="does not hold a figure-2 sweep"):
         figure2.reproduce_figure2(tmp_path / "other", training, repeats=1, progress=False)
+
+
+def test_figure2_cells_pick_named_cells_and_refuse_unknown_ones():
+    training = TrainConfig(steps=2)
+    runs = figure2.figure2_runs(training, paper_exact=True, cells=("ip-n_partners8-beta1e-05", "vae-beta0.001"))
+    assert [run.name() for run in runs] == ["vae-beta0.001-paper", "ip-n_partners8-beta1e-05-paper"]
+    with pytest.raises(ValueError, match="no cell ip-beta1"):
+        figure2.figure2_runs(training, cells=("ip-beta1",))
 
 
 def test_figure2_summary_makes_the_papers_comparison():

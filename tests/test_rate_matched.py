@@ -11,9 +11,10 @@ import pytest
 
 from ipae.data.mnist import PAPER_DIGITS, PAPER_N_TRAIN, load_mnist
 from ipae.data.toy import gaussian_grid
+from ipae.evaluation import holm
 from ipae.experiments import toy
 from ipae.experiments.mnist import held_out, information_points
-from ipae.experiments.rate_matched import check_provenance, holm, matched_comparison, matched_runs, reproduce_rate_matched
+from ipae.experiments.rate_matched import check_provenance, matched_comparison, matched_runs, reproduce_rate_matched
 from ipae.train import TrainConfig
 
 OFFSETS = {"vae": 0.0, "ip1": -1.0, "ip8": 0.5, "pairwise-kl": 0.0}

@@ -189,6 +189,7 @@ def _build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--resume", action="store_true", help="figure2, conv-mnist, rate-matched: continue the sweep in --out")
     _paper_exact(reproduce)
     reproduce.add_argument("--rates", type=_names, help="figure2: only the cells of these rates, comma-separated (vae, ip)")
+    reproduce.add_argument("--cells", type=_names, help="figure2: only these cells, comma-separated (e.g. ip-n_partners8-beta1e-05)")
     reproduce.add_argument("--dataset", choices=("toy", "mnist134", "mnist10"), help="rate-matched: the data (required)")
     reproduce.add_argument("--pilot", action="store_true", help="rate-matched: the pilot's wide grids, one repeat")
     _output(reproduce)
@@ -354,8 +355,8 @@ def _reproduce(args) -> int:
         raise ValueError("--repeats, --data-dir and --resume apply to figure2, conv-mnist and rate-matched only")
     if args.paper_exact and args.figure not in ("figure1", "figure2"):
         raise ValueError("--paper-exact applies to figure1 and figure2 only")
-    if args.rates is not None and args.figure != "figure2":
-        raise ValueError("--rates applies to figure2 only")
+    if (args.rates is not None or args.cells is not None) and args.figure != "figure2":
+        raise ValueError("--rates and --cells apply to figure2 only")
     if args.figure == "rate-matched" and args.dataset is None:
         raise ValueError("rate-matched needs --dataset: toy, mnist134 or mnist10")
     if args.figure != "rate-matched" and (args.dataset is not None or args.pilot):
@@ -378,6 +379,7 @@ def _reproduce(args) -> int:
                 repeats=args.repeats or 10,
                 paper_exact=args.paper_exact,
                 rates=args.rates,
+                cells=args.cells,
                 device=device,
             ),
         ),

@@ -11,7 +11,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from torch import Tensor
 
-__all__ = ["centre_distance", "linear_svm_error", "principal_components", "within_class_fraction", "paired_comparison"]
+__all__ = ["centre_distance", "linear_svm_error", "principal_components", "within_class_fraction", "paired_comparison", "holm"]
 
 
 def centre_distance(points: Tensor, labels: Tensor, centres: Tensor) -> float:
@@ -88,3 +88,16 @@ def paired_comparison(values: np.ndarray, reference: np.ndarray, *, lower_is_bet
         "p_sign": float(stats.binomtest(better, better + worse).pvalue) if better + worse else None,
         "p_t": float(stats.ttest_rel(values, reference).pvalue) if n > 1 and np.ptp(differences) > 0 else None,
     }
+
+
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of a family of m tests' p-values: the k-th smallest times (m - k + 1),
+    made non-decreasing, capped at 1. A None (a test without a statistic) stays None and still counts in m."""
+    order = sorted((p, index) for index, p in enumerate(p_values) if p is not None)
+    m = len(p_values)
+    adjusted: list[float | None] = [None] * m
+    running = 0.0
+    for rank, (p, index) in enumerate(order):
+        running = max(running, min(1.0, p * (m - rank)))
+        adjusted[index] = running
+    return adjusted

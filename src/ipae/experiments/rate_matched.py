@@ -24,7 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ipae.diagnostics import SATURATION_GAP
-from ipae.evaluation import paired_comparison
+from ipae.evaluation import holm, paired_comparison
 from ipae.experiments.mnist import run_repeat
 from ipae.experiments.parallel import map_runs
 from ipae.experiments.runs import Run, child_seeds, claim_sweep
@@ -283,19 +283,6 @@ def matched_runs(records: list[dict], metric: str) -> list[dict]:
             }
         )
     return rows
-
-
-def holm(p_values: list[float | None]) -> list[float | None]:
-    """Holm's step-down adjustment of the p-values of a family of tests (None stays None and counts as a
-    test that could not reject): p_(k) * (m - k + 1) for the k-th smallest, made monotone, capped at 1."""
-    order = sorted((p, index) for index, p in enumerate(p_values) if p is not None)
-    m = len(p_values)
-    adjusted: list[float | None] = [None] * m
-    running = 0.0
-    for rank, (p, index) in enumerate(order):
-        running = max(running, min(1.0, p * (m - rank)))
-        adjusted[index] = running
-    return adjusted
 
 
 def _pair_range(records: list[dict], model: str, metric: str) -> tuple[float, float] | None:
