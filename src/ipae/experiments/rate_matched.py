@@ -417,7 +417,7 @@ def _figure(records: list[dict], metrics: dict[str, bool], dataset: str) -> Figu
             axes.axvspan(min(saturated), max(log_n, max(r["I_loo"] for r in done)), color="0.92", zorder=0, label="saturated runs")
         if log_n is not None:
             axes.axvline(log_n, color="0.4", linestyle="--", linewidth=0.8, label="log N")
-        axes.set_xlabel("I(x; z) of held-out codes (nats): midpoint, bar I_mc to I_loo")
+        axes.set_xlabel("I(x; z) of held-out codes, nats (bar: I_mc to I_loo)", fontsize=8)
         axes.set_ylabel(metric)
         axes.set_title(f"{dataset}: {metric}", fontsize=9)
         axes.tick_params(labelsize=7)
