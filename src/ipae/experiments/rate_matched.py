@@ -71,8 +71,18 @@ PILOT_GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
 # 10, 0.36 at 30, about 3.5 nats per unit of ln beta, so steps of x1.35-1.4; IPAE 7.5 at 0.1, 4.3 at 1,
 # about 1.4 nats per unit of ln beta, so steps of x2; pairwise KL saturated at 1, 2.55 at 10, 0 at 100.
 # A dataset without a pilot yet runs its pilot grid.
+# toy, from its pilot (docs/rate_matched/toy/pilot.md): the VAE saturated at 0.01, then 4.2 nats at 0.1,
+# 2.7 at 1, 1.7 at 3, 0.6 at 10, so three cells fill the gap below 0.1 and one splits 0.1-1; IPAE 4.6 at
+# 1e-3 falling by about 0.4 nats per unit of ln beta to 1.1 at 1 (N_j = 8 within 0.13 nats), so 1e-4
+# reaches higher; pairwise KL 4.1 at 0.1, 3.3 at 1, 2.0 at 3, so cells at 2 and 5 and one at 0.01.
 GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
     **PILOT_GRIDS,
+    "toy": {
+        "vae": (0.03, 0.05, 0.1, 0.3, 1.0, 3.0, 10.0),
+        "ip1": (1e-4, 1e-3, 0.01, 0.1, 0.3, 1.0),
+        "ip8": (1e-4, 1e-3, 0.01, 0.1, 0.3, 1.0),
+        "pairwise-kl": (0.01, 0.1, 1.0, 2.0, 3.0, 5.0),
+    },
     "mnist134": {
         "vae": (4.0, 5.5, 7.5, 10.0, 14.0, 20.0),
         "ip1": (0.3, 0.6, 1.2, 2.5, 5.0),
