@@ -389,9 +389,10 @@ def summary(matched: list[dict], records: list[dict], provenance: dict) -> str:
 
 
 def _figure(records: list[dict], metrics: dict[str, bool], dataset: str) -> Figure:
-    """One panel per metric against I(x; z): each run at the midpoint of its two estimates with a bar
-    from I_mc to I_loo (hollow: saturated), each cell's mean joined along beta, the region where runs
-    saturate shaded and log N dashed."""
+    """One panel per metric against I(x; z): each unsaturated run at the midpoint of its two estimates,
+    with a bar from I_mc to I_loo; each saturated run as a hollow ">" at I_mc (a floor: its I_loo can read
+    hundreds of nats); the unsaturated cells' means joined along beta; the rates where runs saturate shaded
+    and log N dashed."""
     figure = Figure(figsize=(4.2 * len(metrics), 3.8))
     done = _ok(records)
     log_n = math.log(min(record["I_points"] for record in done)) if done else None
@@ -401,32 +402,28 @@ def _figure(records: list[dict], metrics: dict[str, bool], dataset: str) -> Figu
         for number, model in enumerate(MODELS):
             colour = f"C{number}"
             runs = [record for record in done if record["model"] == model and record.get(metric) is not None]
-            for hollow in (False, True):
-                chosen = [r for r in runs if bool(r["I_saturated"]) == hollow]
-                axes.errorbar(
-                    [matched_information(r) for r in chosen],
-                    [r[metric] for r in chosen],
-                    xerr=[[matched_information(r) - r["I_mc"] for r in chosen], [r["I_loo"] - matched_information(r) for r in chosen]],
-                    fmt="o",
-                    markersize=3,
-                    markerfacecolor="none" if hollow else colour,
-                    color=colour,
-                    alpha=0.45,
-                    elinewidth=0.5,
-                    label=None,
-                )
-            unsaturated = cell_rows([r for r in runs if not r["I_saturated"]])
-            axes.plot(
-                [(row["I_mc"] + row["I_loo"]) / 2 for row in unsaturated],
-                [row[metric] for row in unsaturated],
+            kept = [r for r in runs if not r["I_saturated"]]
+            axes.errorbar(
+                [matched_information(r) for r in kept],
+                [r[metric] for r in kept],
+                xerr=[[matched_information(r) - r["I_mc"] for r in kept], [r["I_loo"] - matched_information(r) for r in kept]],
+                fmt="o",
+                markersize=3,
                 color=colour,
-                linewidth=1,
-                label=model,
+                alpha=0.45,
+                elinewidth=0.5,
+            )
+            floors = [r for r in runs if r["I_saturated"]]
+            axes.scatter([r["I_mc"] for r in floors], [r[metric] for r in floors], marker=">", s=18, facecolors="none", edgecolors=colour)
+            cells = cell_rows(kept)
+            axes.plot(
+                [(row["I_mc"] + row["I_loo"]) / 2 for row in cells], [row[metric] for row in cells], color=colour, linewidth=1, label=model
             )
         if saturated and log_n is not None:
-            axes.axvspan(min(saturated), max(log_n, max(r["I_loo"] for r in done)), color="0.92", zorder=0, label="saturated runs")
+            axes.axvspan(min(saturated), log_n + 0.3, color="0.92", zorder=0, label="saturated runs (> at I_mc)")
         if log_n is not None:
             axes.axvline(log_n, color="0.4", linestyle="--", linewidth=0.8, label="log N")
+            axes.set_xlim(-0.2, log_n + 0.3)
         axes.set_xlabel("I(x; z) of held-out codes, nats (bar: I_mc to I_loo)", fontsize=8)
         axes.set_ylabel(metric)
         axes.set_title(f"{dataset}: {metric}", fontsize=9)
