@@ -245,7 +245,10 @@ def test_missing_damaged_or_mismatched_checkpoints_are_clear_errors(tmp_path):
         )
         with pytest.raises(ValueError, match="not a valid model description"):
             load_model(tmp_path)
-    for field, value in [("rate", {"name": "gan"}), ("rate", {"name": "ip", "n_pairs": 2}), ("distortion", "l1"), ("beta", -1)]:
+    (tmp_path / "model.json").write_text(json.dumps(record | {"model": record["model"] | {"rate": {"name": "gan"}}}))
+    with pytest.raises(ValueError, match=r"model\.json: the rate \{'name': 'gan'\} is not one of ipae's \(ip, vae, .*rate="):
+        load_model(tmp_path)
+    for field, value in [("rate", {"name": "ip", "n_pairs": 2}), ("rate", ["ip"]), ("distortion", "l1"), ("beta", -1)]:
         (tmp_path / "model.json").write_text(json.dumps(record | {"model": record["model"] | {field: value}}))
         with pytest.raises(ValueError, match="not a valid model description"):
             load_model(tmp_path)

@@ -7,7 +7,6 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,10 +21,9 @@ from ipae.experiments import figure2, toy
 from ipae.experiments.figure1 import IPAE_BETAS, VAE_BETAS
 from ipae.experiments.runs import LOCK_NAME, claim_sweep
 from ipae.rates import RATES, InformationPotential, PairwiseKL, PriorKL
+from mnist_files import REAL_MNIST, needs_mnist
 from reliability import record
 
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-needs_mnist = pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"the real MNIST files are not at {SHARED_MNIST}")
 MNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
 
@@ -290,7 +288,7 @@ def test_reproduce_rate_distortion_on_a_small_grid(tmp_path, small_toy_data, mon
 @needs_mnist
 def test_mnist_end_to_end_on_the_real_files(tmp_path, capsys):
     out = tmp_path / "mnist"
-    args = ["mnist", "--steps", "3", "--repeats", "1", "--jobs", "1", "--data-dir", str(SHARED_MNIST), "--quiet", "--out", str(out)]
+    args = ["mnist", "--steps", "3", "--repeats", "1", "--jobs", "1", "--data-dir", str(REAL_MNIST), "--quiet", "--out", str(out)]
     code, stdout, _ = run(capsys, *args)
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -316,7 +314,7 @@ def test_mnist_refuses_missing_or_damaged_data_with_one_line(tmp_path, capsys):
 @pytest.mark.slow  # ten cells on the real files
 def test_reproduce_figure2_tiny_on_the_real_files_and_resumed(tmp_path, capsys):
     out = tmp_path / "fig2"
-    args = ["reproduce", "figure2", "--steps", "2", "--repeats", "1", "--jobs", "1", "--data-dir", str(SHARED_MNIST), "--quiet"]
+    args = ["reproduce", "figure2", "--steps", "2", "--repeats", "1", "--jobs", "1", "--data-dir", str(REAL_MNIST), "--quiet"]
     code, stdout, _ = run(capsys, *args, "--out", str(out))
     assert code == 0
     table = (out / "figure2.md").read_text()
@@ -346,7 +344,7 @@ def test_sweep_options_are_refused_elsewhere_and_bad_data_writes_nothing(tmp_pat
 @pytest.mark.slow  # the conv preset on all 70 000 images, twice
 def test_reproduce_conv_mnist_tiny_on_the_real_files(tmp_path, capsys):
     out = tmp_path / "conv"
-    args = ["reproduce", "conv-mnist", "--steps", "2", "--repeats", "1", "--jobs", "2", "--data-dir", str(SHARED_MNIST), "--quiet"]
+    args = ["reproduce", "conv-mnist", "--steps", "2", "--repeats", "1", "--jobs", "2", "--data-dir", str(REAL_MNIST), "--quiet"]
     code, stdout, _ = run(capsys, *args, "--out", str(out))
     assert code == 0, stdout
     rows = json.loads((out / "conv_mnist.json").read_text())

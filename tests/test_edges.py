@@ -135,8 +135,11 @@ def test_an_unbounded_log_variance_beyond_float32_is_recorded_failed_at_step_0(r
 
 
 @pytest.mark.parametrize("raw", [0.0, 40.0, -40.0])
-def test_an_unbounded_log_variance_within_float32_ends_in_an_accepted_way(raw):
-    _run(f"log-variance unbounded (paper-exact), raw {raw:g}", _force_raw_logvar(_model(paper_exact=True), raw), _points())
+def test_an_unbounded_log_variance_within_float32_trains_to_a_finite_result(raw):
+    """sigma^2 = exp(+-40) = 2.4e17 or 4.2e-18: z^2 ~ 2.4e17 and 1 / sigma^2 ~ 2.4e17 stay below float32's
+    3.4e38, and so do the squared error and eq. 10 of the toy batch; the gradients are checked finite too."""
+    model = _force_raw_logvar(_model(paper_exact=True), raw)
+    assert _run(f"log-variance unbounded (paper-exact), raw {raw:g}", model, _points())[0] == FINITE
 
 
 # the data: degenerate sets and batches, scales
@@ -160,19 +163,20 @@ def test_a_single_sample_trains_to_a_finite_result():
     assert _run("N = 1 (one sample, batch 1)", _model(), _points(1), batch_size=1)[0] == FINITE
 
 
-def test_fewer_samples_than_the_batch_size_are_refused_or_train_on_what_there_is():
+def test_fewer_samples_than_the_batch_size_train_on_what_there_is():
     outcome, result = _run("N = 10 < batch size 32", _model(), _points(10), batch_size=32)
-    if outcome == FINITE:  # the record must say the batch that was used, not the one asked for
-        assert result.state.settings["n_data"] == 10 and result.state.settings["batch_size"] <= 10
-    else:
-        assert outcome.startswith("refused") and "batch" in outcome
+    assert outcome == FINITE
+    assert result.state.settings["n_data"] == 10 and result.state.settings["batch_size"] == 10  # the batch used, not the one asked
 
 
 @pytest.mark.parametrize("scale", [1e-6, 1e6])
-def test_scaled_inputs_end_in_an_accepted_way(scale):
-    outcome, _ = _run(f"inputs x {scale:g}", _model(), _points() * scale)
-    if scale < 1:
-        assert outcome == FINITE  # a tiny signal is no hazard: the loss is at most that of zero inputs
+def test_scaled_inputs_train_to_a_finite_result(scale):
+    """1e-6: a tiny signal is no hazard, the loss is at most that of zero inputs. 1e6: the squared error,
+    ~ 2 (1e6)^2 = 2e12 a sample, is far below float32's 3.4e38, and so are its gradients (checked)."""
+    outcome, result = _run(f"inputs x {scale:g}", _model(), _points() * scale)
+    assert outcome == FINITE
+    if scale > 1:  # 10 steps cannot fit inputs of 1e6: the distortion stays of the order of their squared norm
+        assert 1e11 < result.distortion[-1] < 1e14
 
 
 def test_inputs_whose_squares_overflow_float32_are_recorded_failed_at_step_0():
@@ -311,10 +315,10 @@ def test_ipae_fit_and_the_estimator_record_a_run_whose_weights_turn_non_finite(t
 
 
 @pytest.mark.parametrize("beta", [0.0, 1e12])
-def test_beta_zero_and_a_huge_beta_end_in_an_accepted_way(beta):
-    outcome, _ = _run(f"beta = {beta:g}", _model(beta=beta), _points())
-    if beta == 0:
-        assert outcome == FINITE  # a plain autoencoder
+def test_beta_zero_and_a_huge_beta_train_to_a_finite_result(beta):
+    """0: a plain autoencoder. 1e12: times eq. 10 of the toy batch (a few nats) the loss is ~1e12 to 1e13,
+    far below float32's 3.4e38, and Adam's steps do not grow with the gradient's scale."""
+    assert _run(f"beta = {beta:g}", _model(beta=beta), _points())[0] == FINITE
 
 
 # every rate term under the stresses above
@@ -339,9 +343,11 @@ def test_every_rate_term_trains_to_a_finite_result(rate, case):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rate", list(RATES))
-def test_every_rate_term_with_a_huge_beta_ends_in_an_accepted_way(rate):
+def test_every_rate_term_with_a_huge_beta_trains_to_a_finite_result(rate):
+    """beta = 1e12 times a rate of at most ~1e2 nats at the start (~1e14) is far below float32's 3.4e38, and Adam's
+    steps do not grow with the gradient's scale: the run stays finite."""
     name, options = RATES[rate]
-    _run(f"rate {rate}: beta = 1e12", _model(name, options, beta=1e12), _points())
+    assert _run(f"rate {rate}: beta = 1e12", _model(name, options, beta=1e12), _points())[0] == FINITE
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
-import copy
 import json
+import math
 import pickle
 from contextlib import contextmanager
 
@@ -92,15 +92,16 @@ def test_transform_gives_float64_encoder_means_and_inverse_gives_decoded_means(c
     assert estimator.model_.rate.name == {"IPAE": "ip", "BetaVAE": "vae"}[cls.__name__]
     assert estimator.n_features_in_ == 3
     assert list(estimator.get_feature_names_out()) == [f"{cls.__name__.lower()}0", f"{cls.__name__.lower()}1"]
-    # Known answer: the same network evaluated independently in float64.
-    model = copy.deepcopy(estimator.model_).double()
-    with torch.no_grad():
-        mu, _ = model.encode(torch.from_numpy(blobs))
-        decoded = model.decode(torch.from_numpy(codes))
-    np.testing.assert_allclose(codes, mu.numpy(), rtol=1e-4, atol=1e-5)
+    # Known answer: the documented networks (relu(x W^T + b), then the heads; mu is the first half) by hand in float64 numpy.
+    weights = {name: tensor.double().numpy() for name, tensor in estimator.model_.state_dict().items()}
+    hidden = np.maximum(blobs @ weights["encoder.body.0.weight"].T + weights["encoder.body.0.bias"], 0)  # (60, 32)
+    mu = (hidden @ weights["encoder.heads.weight"].T + weights["encoder.heads.bias"])[:, :2]  # (60, 2)
+    np.testing.assert_allclose(codes, mu, rtol=1e-4, atol=1e-5)
     reconstruction = estimator.inverse_transform(codes)
     assert reconstruction.shape == (60, 3) and reconstruction.dtype == np.float64
-    np.testing.assert_allclose(reconstruction, decoded.numpy(), rtol=1e-4, atol=1e-5)
+    hidden = np.maximum(codes @ weights["decoder.hidden.0.weight"].T + weights["decoder.hidden.0.bias"], 0)  # (60, 32)
+    decoded = hidden @ weights["decoder.output.weight"].T + weights["decoder.output.bias"]  # (60, 3): "mse" decodes to the output itself
+    np.testing.assert_allclose(reconstruction, decoded, rtol=1e-4, atol=1e-5)
     # The loss history is the objective distortion + beta * rate, step by step.
     history = estimator.history_
     assert estimator.loss_curve_.shape == (30,)
@@ -158,15 +159,59 @@ def test_reconstruction_of_a_line_beats_the_mean(cls, line):
     assert _squared_error(estimator.inverse_transform(estimator.transform(line)), line) < 0.05 * mean_error
 
 
-def test_score_is_the_negative_objective_and_deterministic(blobs):
-    estimator = IPAE(**QUICK, random_state=0).fit(blobs)
-    assert estimator.score(blobs) == estimator.score(blobs)
-    # With batch_size >= N the score is one batch: the model's loss with score's generator.
-    whole = clone(estimator).set_params(batch_size=100).fit(blobs)
+def _collapsed(estimator, centre: np.ndarray, logvar: float):
+    """`estimator` with its networks set by hand: the encoder gives mu = 0 and `logvar` for every input, the
+    decoder gives `centre` for every code (all weights 0 but the output bias): the score has a closed form."""
+    model = estimator.model_
     with torch.no_grad():
-        terms = whole.model_.loss(torch.from_numpy(blobs.astype(np.float32)), generator=torch.Generator().manual_seed(whole.seed_))
-    assert whole.score(blobs) == pytest.approx(-float(terms.loss), rel=1e-6)
-    assert float(terms.loss) > 0  # squared error plus a non-negative rate
+        for parameter in model.parameters():
+            parameter.zero_()
+        model.encoder.heads.bias[model.architecture.n_latent :] = logvar  # |logvar| << LOGVAR_LIMIT: the bound is ~ the identity
+        model.decoder.output.bias.copy_(torch.from_numpy(centre))
+    return estimator
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_score_of_a_collapsed_model_is_the_closed_form(cls, blobs):
+    """Codes that carry nothing (mu = 0 for every x) and a decoder that ignores them: the distortion is
+    mean_i |x_i - c|^2 whatever the noise. BetaVAE: plus the KL to the prior, 0.5 D (s - log s - 1) with s = e^logvar.
+    IPAE: plus the pairwise-KL bound of identical Gaussians, 0."""
+    estimator = cls(**QUICK, random_state=0).fit(blobs)
+    centre = blobs.mean(axis=0) + 0.5
+    _collapsed(estimator, centre, logvar=-1.0)
+    distortion = _squared_error(centre, blobs)
+    s = math.exp(estimator.model_.logvar_limit * math.tanh(-1.0 / estimator.model_.logvar_limit))
+    rate = {"BetaVAE": 0.5 * 2 * (s - math.log(s) - 1), "IPAE": 0.0}[cls.__name__]
+    assert estimator.score(blobs) == pytest.approx(-(distortion + rate), rel=1e-5, abs=1e-6)
+    assert estimator.score(blobs) == estimator.score(blobs)  # deterministic
+
+
+def test_the_ipae_score_measures_the_codes_by_the_pairwise_kl_bound(blobs):
+    """Two far-apart code clusters of equal size in one batch: the pairwise-KL bound is -mean_i log(1/2) = log 2
+    (KL 0 within a cluster, exp(-KL) = 0 across), and the distortion of a decoder that ignores the codes is closed-form."""
+    estimator = IPAE(**{**QUICK, "batch_size": 64}, random_state=0).fit(blobs)
+    centre = blobs.mean(axis=0)
+    model = _collapsed(estimator, centre, logvar=-1.0).model_
+    with torch.no_grad():
+        model.encoder.body[0].weight[0, 0] = 1.0  # hidden_0 = relu(x_1), the other hidden units 0
+        model.encoder.heads.weight[0, 0] = 1e3  # mu_1 = 1000 relu(x_1), mu_2 = 0
+    X = np.concatenate([np.ones((30, 1)), -np.ones((30, 1))]) * [1, 0, 0] + [0, 1, 1] * blobs  # x_1 = 1 in one half, -1 in the other
+    expected = -(_squared_error(centre, X) + math.log(2))
+    assert estimator.score(X) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_score_does_not_depend_on_beta(cls, blobs):
+    """The same fitted networks, told another beta: the score is the same (the training loss would not be)."""
+    estimator = cls(**QUICK, random_state=0).fit(blobs)
+    score = estimator.score(blobs)
+    x = torch.from_numpy(blobs.astype(np.float32))
+    with torch.no_grad():
+        loss = float(estimator.model_.loss(x, generator=torch.Generator().manual_seed(0)).loss)
+        estimator.set_params(beta=estimator.beta * 100)
+        estimator.model_.beta *= 100
+        assert float(estimator.model_.loss(x, generator=torch.Generator().manual_seed(0)).loss) != pytest.approx(loss, rel=1e-3)
+    assert estimator.score(blobs) == score
 
 
 def test_pipeline_equals_scaling_by_hand(blobs):
@@ -176,36 +221,60 @@ def test_pipeline_equals_scaling_by_hand(blobs):
     np.testing.assert_allclose(pipeline.transform(X), by_hand.transform(StandardScaler().fit_transform(X)), rtol=1e-6, atol=1e-7)
 
 
-def test_grid_search_over_beta_uses_score(blobs):
-    search = GridSearchCV(IPAE(**QUICK, random_state=0), param_grid={"beta": [0.001, 0.1]}, cv=2).fit(blobs)
+@pytest.mark.parametrize("cls", CLASSES)
+def test_grid_search_over_beta_finds_the_known_best_trade_off(cls):
+    """A known answer from rate-distortion theory: for a Gaussian source of variance v per dimension, the
+    squared-error distortion d costs at least 0.5 log(v / d) nats per dimension, so d + I is smallest at
+    I = 0 when v < 1/2 (then d + I = v at best; every nat buys less than a nat of distortion). The scores
+    therefore put the model that keeps nothing (large beta) first, although its training objective is
+    the largest: an objective with beta in it would pick the smallest beta."""
+    X = 0.3 * np.random.default_rng(3).normal(size=(512, 4))  # v = 0.09 per dimension: d + I >= 4 * 0.09 = 0.36
+    betas = [1e-3, 3.0]
+    estimator = cls(n_components=4, hidden=(32,), steps=150, batch_size=128, lr=3e-3, random_state=0)
+    search = GridSearchCV(estimator, param_grid={"beta": betas}, cv=2).fit(X)
     scores = search.cv_results_["mean_test_score"]
-    assert np.all(np.isfinite(scores)) and scores.shape == (2,)
-    assert search.best_params_["beta"] == [0.001, 0.1][int(np.argmax(scores))]
-    assert search.best_estimator_.transform(blobs).shape == (60, 2)
+    assert search.best_params_["beta"] == 3.0
+    assert scores[1] > scores[0] and -scores[1] == pytest.approx(4 * 0.09, rel=0.1)  # near the bound: nothing kept
+    training_objective = [cls(**estimator.get_params() | {"beta": beta}).fit(X).loss_curve_[-50:].mean() for beta in betas]
+    assert training_objective[0] < training_objective[1]  # the training loss alone would pick beta = 1e-3
 
 
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"beta": -0.1}, "'beta' parameter"),
-        ({"beta": float("nan")}, "'beta' parameter"),
-        ({"steps": 0}, "'steps' parameter"),
-        ({"lr": 0.0}, "'lr' parameter"),
-        ({"activation": "swish"}, "'activation' parameter"),
-        ({"distortion": "l1"}, "'distortion' parameter"),
-        ({"precision": "fp8"}, "'precision' parameter"),
-        ({"n_components": 0}, "'n_components' parameter"),
-        ({"hidden": ()}, "'hidden' parameter"),
-        ({"hidden": (16, 0)}, "'hidden' parameter"),
-        ({"n_partners": 0}, "'n_partners' parameter"),
-        ({"checkpoint_every": 0}, "'checkpoint_every' parameter"),
+        ({"beta": -0.1}, "beta must be a finite number >= 0, got -0.1"),
+        ({"beta": float("nan")}, "beta must be a finite number >= 0, got nan"),
+        ({"beta": "0.1"}, "beta must be a finite number >= 0"),
+        ({"steps": 0}, "steps must be an integer >= 1, got 0"),
+        ({"steps": 2.5}, "steps must be an integer >= 1, got 2.5"),
+        ({"batch_size": True}, "batch_size must be an integer >= 1, got True"),
+        ({"lr": 0.0}, "lr must be a finite number > 0, got 0.0"),
+        ({"activation": "swish"}, "unknown activation 'swish'"),
+        ({"distortion": "l1"}, "unknown distortion 'l1'"),
+        ({"precision": "fp8"}, "unknown precision 'fp8'"),
+        ({"n_components": 0}, "n_components must be an integer >= 1, got 0"),
+        ({"hidden": ()}, r"hidden must be a non-empty sequence of integers >= 1, got \(\)"),
+        ({"hidden": (16, 0)}, r"hidden must be a non-empty sequence of integers >= 1, got \(16, 0\)"),
+        ({"hidden": 16}, "hidden must be a non-empty sequence of integers >= 1, got 16"),
+        ({"n_partners": 0}, "n_partners must be an integer >= 1 or None"),
+        ({"checkpoint_every": 0}, "checkpoint_every must be an integer >= 1 or None, got 0"),
+        ({"compile": "no"}, "compile must be True or False"),
+        ({"device": "tpu9"}, "unknown device 'tpu9'"),
+        ({"checkpoint_dir": 3}, "checkpoint_dir must be a path or None, got 3"),
     ],
 )
 def test_bad_parameters_are_refused_in_fit(params, message, blobs):
     estimator = IPAE(**{**QUICK, **params})  # __init__ only stores
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=f"^IPAE: {message}"):
         estimator.fit(blobs)
     assert not hasattr(estimator, "model_")
+
+
+def test_numpy_scalars_are_taken_as_the_numbers_they_hold(blobs):
+    """A grid search over np.arange or np.logspace hands numpy scalars to set_params."""
+    params = {"steps": np.int64(5), "batch_size": np.int32(16), "lr": np.float32(3e-3), "beta": np.float64(0.5), "n_partners": np.int64(4)}
+    estimator = IPAE(**{**QUICK, **params}, random_state=0).fit(blobs)
+    assert len(estimator.loss_curve_) == 5 and estimator.model_.beta == 0.5 and estimator.model_.rate.n_partners == 4
 
 
 def test_bad_input_is_refused(blobs):

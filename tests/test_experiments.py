@@ -4,7 +4,6 @@ import math
 import operator
 import warnings
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from ipae.experiments.runs import Run, child_seeds
 from ipae.experiments.toy import run_toy
 from ipae.rates import InformationPotential, MonteCarlo, PairwiseKL, PriorKL, create
 from ipae.train import TrainConfig
+from mnist_files import REAL_MNIST, needs_mnist
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 QUIET = TrainConfig(progress=False)
@@ -213,14 +213,10 @@ def test_summary_names_each_models_best_and_the_ratio():
 # MNIST
 
 
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-needs_mnist = pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"the real MNIST files are not at {SHARED_MNIST}")
-
-
 @needs_mnist
 def test_a_tiny_mnist_run_on_the_real_files_and_its_resumption(tmp_path):
     run = Run(InformationPotential(1), 1e-5, 0, TrainConfig(steps=3))
-    metrics = mnist.run_mnist(run, tmp_path, repeats=1, data_dir=SHARED_MNIST, progress=False)
+    metrics = mnist.run_mnist(run, tmp_path, repeats=1, data_dir=REAL_MNIST, progress=False)
     record = json.loads((tmp_path / "repeat-0.json").read_text())
     assert record["status"] == "ok" and record["n_train"] == 18000 and record["n_test"] == 3127
     assert metrics["svm_errors"] == [record["svm_error"]] and 0 <= metrics["svm_error"] < 100 and metrics["failed_repeats"] == 0
@@ -229,7 +225,7 @@ def test_a_tiny_mnist_run_on_the_real_files_and_its_resumption(tmp_path):
     pca = np.load(tmp_path / "repeat-0-pca.npz")
     assert pca["pca"].shape == (3127, 2) and sorted(set(pca["labels"].tolist())) == [1, 3, 4]
     with counted_steps() as steps:  # a finished repeat is not trained again
-        assert mnist.run_mnist(run, tmp_path, repeats=1, data_dir=SHARED_MNIST, progress=False) == metrics
+        assert mnist.run_mnist(run, tmp_path, repeats=1, data_dir=REAL_MNIST, progress=False) == metrics
     assert steps == []
 
 

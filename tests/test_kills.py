@@ -20,11 +20,11 @@ import torch
 from safetensors.torch import load_file
 
 from ipae.checkpoint import load_model, load_state
+from mnist_files import REAL_MNIST, needs_mnist
 from reliability import record
 
 pytestmark = pytest.mark.slow
 
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 # The `ipae` command, with each repeat's I(x; z) measured on 256 codes instead of 5000: that estimate is
 # O(N^2) and took 48 of a repeat's 59 seconds here. Everything a kill can interrupt (training, scoring,
@@ -72,9 +72,9 @@ def _check_repeats(out: Path, seen: dict) -> None:
         assert seen.setdefault(path, now) == now, f"{path} was written again"
 
 
-@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"the real MNIST files are not at {SHARED_MNIST}")
+@needs_mnist
 def test_a_figure2_sweep_killed_at_random_moments_redoes_nothing_and_ends_as_an_uninterrupted_one(tmp_path):
-    sweep = [*SWEEP, "--data-dir", str(SHARED_MNIST)]
+    sweep = [*SWEEP, "--data-dir", str(REAL_MNIST)]
     reference = tmp_path / "reference"
     started = time.time()
     process = _start([*sweep, "--out", str(reference)], tmp_path / "reference.log")

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import mnist_files
 from ipae.data import mnist
 from ipae.data.mnist import (
     FILES,
@@ -17,8 +18,8 @@ from ipae.data.mnist import (
     read_idx,
     verify_checksum,
 )
+from mnist_files import HAS_REAL_MNIST, MISSING, REAL_MNIST
 
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 _real_fetch = mnist._fetch
 
 
@@ -154,12 +155,24 @@ def test_verify_checksum_accepts_the_right_file_and_rejects_another(tmp_path):
 def test_the_checksums_are_the_published_ones():
     assert FILES["train-images-idx3-ubyte.gz"] == "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"
     assert FILES["t10k-labels-idx1-ubyte.gz"] == "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"
-    if (SHARED_MNIST / "SHA256SUMS").is_file():
-        sums = dict(reversed(line.split()) for line in (SHARED_MNIST / "SHA256SUMS").read_text().splitlines() if line.strip())
+    if (REAL_MNIST / "SHA256SUMS").is_file():
+        sums = dict(reversed(line.split()) for line in (REAL_MNIST / "SHA256SUMS").read_text().splitlines() if line.strip())
         assert sums == FILES
 
 
 # where the files are
+
+
+def test_the_tests_find_the_real_files_in_ipae_data_first(tmp_path, monkeypatch):
+    """tests/mnist_files.py: $IPAE_DATA/mnist where it holds the four files, else ../shared/data/mnist."""
+    monkeypatch.setenv("IPAE_DATA", str(tmp_path))
+    (tmp_path / "mnist").mkdir()
+    assert mnist_files._real_mnist() == mnist_files.SHARED  # empty: not there
+    for name in FILES:
+        write(tmp_path / "mnist" / name, b"x")
+    assert mnist_files._real_mnist() == tmp_path / "mnist"
+    monkeypatch.delenv("IPAE_DATA")
+    assert mnist_files._real_mnist() == mnist_files.SHARED
 
 
 def test_a_given_directory_must_hold_all_four_files(tmp_path):
@@ -355,9 +368,9 @@ def test_load_mnist_refuses_a_file_that_is_not_the_original(fake_mnist):
 
 @pytest.fixture(scope="module")
 def real_mnist():
-    if not SHARED_MNIST.is_dir():
-        pytest.skip(f"the MNIST files are not at {SHARED_MNIST}")
-    return load_mnist(SHARED_MNIST, download=False)
+    if not HAS_REAL_MNIST:
+        pytest.skip(MISSING)
+    return load_mnist(REAL_MNIST, download=False)
 
 
 def test_the_real_files_have_the_known_shapes(real_mnist):
@@ -368,11 +381,11 @@ def test_the_real_files_have_the_known_shapes(real_mnist):
     assert np.bincount(y_train).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     assert np.bincount(y_test).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     for name, expected in FILES.items():
-        verify_checksum(SHARED_MNIST / name, expected)
+        verify_checksum(REAL_MNIST / name, expected)
 
 
 def test_the_papers_subset_has_the_known_counts(real_mnist):
-    subset = load_mnist(SHARED_MNIST, digits=PAPER_DIGITS, download=False)
+    subset = load_mnist(REAL_MNIST, digits=PAPER_DIGITS, download=False)
     assert subset.x_train.shape == (18715, 784) and subset.x_test.shape == (3127, 784)
     assert np.bincount(subset.y_train, minlength=10)[list(PAPER_DIGITS)].tolist() == [6742, 6131, 5842]
     assert np.bincount(subset.y_test, minlength=10)[list(PAPER_DIGITS)].tolist() == [1135, 1010, 982]
@@ -381,7 +394,7 @@ def test_the_papers_subset_has_the_known_counts(real_mnist):
 
 
 def test_the_papers_training_draw_is_reproducible(real_mnist):
-    first, again, other = (load_mnist(SHARED_MNIST, digits=PAPER_DIGITS, n_train=PAPER_N_TRAIN, seed=seed) for seed in (0, 0, 1))
+    first, again, other = (load_mnist(REAL_MNIST, digits=PAPER_DIGITS, n_train=PAPER_N_TRAIN, seed=seed) for seed in (0, 0, 1))
     assert first.x_train.shape == (PAPER_N_TRAIN, 784) and first.y_train.shape == (PAPER_N_TRAIN,)
     np.testing.assert_array_equal(first.x_train, again.x_train)
     np.testing.assert_array_equal(first.y_train, again.y_train)

@@ -3,8 +3,6 @@ extrapolated; Holm; saturated runs left out; provenance; held-out points; a tiny
 
 import hashlib
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +14,9 @@ from ipae.experiments import toy
 from ipae.experiments.mnist import held_out, information_points
 from ipae.experiments.rate_matched import check_provenance, matched_comparison, matched_runs, reproduce_rate_matched
 from ipae.train import TrainConfig
+from mnist_files import REAL_MNIST, needs_mnist
 
 OFFSETS = {"vae": 0.0, "ip1": -1.0, "ip8": 0.5, "pairwise-kl": 0.0}
-MNIST = Path(os.environ.get("IPAE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"))
 
 
 def _records(rates_by_model, *, repeats=3, saturated=()):
@@ -98,10 +96,10 @@ def test_records_of_different_code_are_not_mixed():
         check_provenance(records)
 
 
-@pytest.mark.skipif(not MNIST.is_dir(), reason="needs the MNIST files")
+@needs_mnist
 def test_no_evaluation_point_of_a_run_is_in_its_training_subset():
-    data, unused = held_out("mnist134", MNIST, seed=123)
-    assert np.array_equal(data.x_train, load_mnist(MNIST, digits=PAPER_DIGITS, n_train=PAPER_N_TRAIN, seed=123).x_train)
+    data, unused = held_out("mnist134", REAL_MNIST, seed=123)
+    assert np.array_equal(data.x_train, load_mnist(REAL_MNIST, digits=PAPER_DIGITS, n_train=PAPER_N_TRAIN, seed=123).x_train)
     points = information_points(data.x_test, unused, np.random.default_rng(4))
     assert len(points) == len(data.x_test) + len(unused) == 3127 + 715
     digest = {hashlib.sha256(row.tobytes()).digest() for row in data.x_train}

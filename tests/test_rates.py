@@ -1,20 +1,22 @@
 """Tests of ipae.rates: every rate against an independent float64 computation on the same batch.
 
 The references are Python-float loops over samples, partners, noise draws and dimensions (eq. 10, the
-closed-form KL of eq. 5, the pairwise KL and Bhattacharyya distances), and ipae.mixture's
-mutual_information, itself tested against loops in test_mixture.py.
+closed-form KL of eq. 5, the pairwise KL and Bhattacharyya distances, eq. 7 by Monte Carlo).
 """
 
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+import ipae
 from ipae.information import draw_partners, reparameterise
-from ipae.mixture import mutual_information
-from ipae.rates import RATES, Bhattacharyya, InformationPotential, Jensen, MonteCarlo, PairwiseKL, PriorKL, create, spec
+from ipae.models import AutoEncoder
+from ipae.rates import RATES, Bhattacharyya, InformationPotential, Jensen, MonteCarlo, PairwiseKL, PriorKL, Rate, create, spec
+from ipae.train import TrainConfig, train
 from references import bhattacharyya, kl
 
 F64 = torch.float64
@@ -174,13 +176,13 @@ def test_prior_kl_is_the_closed_form_kl_and_ignores_z():
 
 
 @pytest.mark.parametrize("rate", [Jensen(), PairwiseKL(), Bhattacharyya()], ids=lambda rate: rate.name)
-def test_deterministic_mixture_rates_match_mutual_information_and_loops(rate):
+def test_deterministic_mixture_rates_match_loops(rate):
     mu, logvar = _gaussians(seed=20)
     z = reparameterise(mu, logvar, _noise((B, D), seed=21))
     assert rate.sample(mu.shape, _generator(0), F64) is None
     value = rate(mu, logvar, z, generator=_generator(22))
-    assert torch.equal(value, mutual_information(mu, logvar, method=rate.name))
     assert float(value) == pytest.approx(_mixture_by_loops(rate.name, mu, logvar), rel=1e-10)
+    assert torch.equal(rate(mu, logvar, mu), value)  # a function of the Gaussians alone: not of z, not of the generator
 
 
 def test_jensen_is_eq10_averaged_over_the_noise_minus_d_over_2():
@@ -192,16 +194,36 @@ def test_jensen_is_eq10_averaged_over_the_noise_minus_d_over_2():
     assert float(Jensen()(mu, logvar, mu)) == pytest.approx(expectation - D / 2, rel=1e-10)
 
 
-def test_monte_carlo_matches_mutual_information_with_the_same_generator():
+def _monte_carlo_by_loops(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> float:
+    """Eq. 7 by Monte Carlo: mean over draws s and samples i of log p_i(z_si) - log (1/B sum_j p_j(z_si)),
+    z_si = mu_i + sigma_i * eps_si, p_j = N(mu_j, diag exp(logvar_j))."""
+    m, lv, draws = mu.tolist(), logvar.tolist(), eps.tolist()
+    b, d = len(m), len(m[0])
+
+    def log_density(z: list[float], j: int) -> float:
+        return sum(-0.5 * (math.log(2 * math.pi) + lv[j][c] + (z[c] - m[j][c]) ** 2 / math.exp(lv[j][c])) for c in range(d))
+
+    total = 0.0
+    for e in draws:
+        for i in range(b):
+            z = [m[i][c] + math.exp(0.5 * lv[i][c]) * e[i][c] for c in range(d)]
+            total += log_density(z, i) - math.log(sum(math.exp(log_density(z, j)) for j in range(b)) / b)
+    return total / (len(draws) * b)
+
+
+def test_monte_carlo_is_eq_7_by_loops_over_its_own_draws():
     mu, logvar = _gaussians(seed=24)
     z = reparameterise(mu, logvar, _noise((B, D), seed=25))
     rate = MonteCarlo(n_samples=3)
     draws = rate.sample(mu.shape, _generator(26), F64)
     assert draws.shape == (3, B, D) and draws.dtype == F64
-    expected = mutual_information(mu, logvar, method="mc", generator=_generator(26), n_samples=3)
-    torch.testing.assert_close(rate(mu, logvar, z, generator=_generator(26)), expected, rtol=1e-12, atol=0)
-    torch.testing.assert_close(rate(mu, logvar, z, draws=draws), expected, rtol=1e-12, atol=0)
-    assert float(rate(mu, logvar, z, generator=_generator(27))) != pytest.approx(float(expected), rel=1e-6)
+    expected = _monte_carlo_by_loops(mu, logvar, draws)
+    assert float(rate(mu, logvar, z, draws=draws)) == pytest.approx(expected, rel=1e-10)
+    # drawn inside from a generator: the same draws as `sample` makes from that generator
+    assert float(rate(mu, logvar, z, generator=_generator(26))) == pytest.approx(expected, rel=1e-10)
+    other = rate.sample(mu.shape, _generator(27), F64)
+    assert float(rate(mu, logvar, z, generator=_generator(27))) == pytest.approx(_monte_carlo_by_loops(mu, logvar, other), rel=1e-10)
+    assert _monte_carlo_by_loops(mu, logvar, other) != pytest.approx(expected, rel=1e-6)  # the draws matter
 
 
 def test_the_estimates_are_ordered_on_a_batch():
@@ -402,3 +424,120 @@ def test_a_users_own_loop_lowers_the_rate_when_beta_is_large():
     # without the rate's gradient (beta = 0: the reconstruction alone) it stays far higher
     _, without = _train_own_loop(beta=0.0)
     assert without > 10
+
+
+# --- a rate of the user's own ------------------------------------------------------------------------------------------------
+
+
+class MeanSquare(Rate):
+    """A user's rate: `weight` times the mean over samples of |mu|^2 (not a bound on I; any scalar of the codes trains)."""
+
+    name = "mean-square"
+
+    def __init__(self, weight: float = 1.0) -> None:
+        super().__init__()
+        self.weight = weight
+
+    def _rate(self, mu, logvar, z, draws):
+        return self.weight * mu.square().sum(dim=1).mean()
+
+
+def _own_rate_model() -> AutoEncoder:
+    return AutoEncoder.from_preset("toy", hidden=(16,), n_latent=3, rate=MeanSquare(0.5), beta=0.2).double()
+
+
+def test_a_rate_of_ones_own_trains_saves_and_loads_with_the_same_codes_and_loss(tmp_path):
+    model = _own_rate_model()
+    x = torch.randn(128, 2, generator=_generator(50), dtype=F64)
+    result = train(model, x, TrainConfig(steps=20, batch_size=32, progress=False))
+    assert np.isfinite(result.loss).all() and len(result.loss) == 20
+    with torch.no_grad():
+        mu, _ = model.encode(x)
+        terms = model.loss(x, generator=_generator(51))
+    # the loss holds the user's rate: 0.5 * mean |mu|^2 by a loop over samples and dimensions
+    by_loops = 0.5 * sum(sum(value**2 for value in row) for row in mu.tolist()) / len(x)
+    assert float(terms.rate) == pytest.approx(by_loops, rel=1e-12)
+    assert float(terms.loss) == pytest.approx(float(terms.distortion) + 0.2 * by_loops, rel=1e-12)
+
+    ipae.save(model, tmp_path / "own")
+    assert json.loads((tmp_path / "own" / "model.json").read_text())["model"]["rate"] == {"name": "mean-square", "weight": 0.5}
+    loaded = ipae.load(tmp_path / "own", rate=MeanSquare(0.5))
+    assert type(loaded.rate) is MeanSquare and loaded.rate.weight == 0.5 and loaded.beta == 0.2
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(x)[0], mu)
+        again = loaded.loss(x, generator=_generator(51))
+    assert torch.equal(again.loss, terms.loss) and torch.equal(again.rate, terms.rate)
+
+
+def test_a_rate_of_ones_own_is_refused_clearly_without_it_or_with_other_options(tmp_path):
+    ipae.save(_own_rate_model(), tmp_path / "own")
+    with pytest.raises(ValueError, match=r"model\.json: the rate .*mean-square.* is not one of ipae's .*rate="):
+        ipae.load(tmp_path / "own")
+    with pytest.raises(ValueError, match=r"saved with rate .*'weight': 0.5.*passed is .*'weight': 0.25"):
+        ipae.load(tmp_path / "own", rate=MeanSquare(0.25))
+    with pytest.raises(ValueError, match="saved with rate"):
+        ipae.load(tmp_path / "own", rate=PriorKL())
+    with pytest.raises(ValueError, match="must be an ipae.rates.Rate"):
+        ipae.load(tmp_path / "own", rate="mean-square")
+
+
+def test_a_built_in_rate_may_be_passed_when_it_is_the_saved_one(tmp_path):
+    model = AutoEncoder.from_preset("toy", hidden=(8,), rate=InformationPotential(8))
+    ipae.save(model, tmp_path / "ip")
+    assert ipae.load(tmp_path / "ip", rate=InformationPotential(8)).rate.n_partners == 8
+    with pytest.raises(ValueError, match="saved with rate"):
+        ipae.load(tmp_path / "ip", rate=InformationPotential(1))
+
+
+class Nameless(Rate):
+    def _rate(self, mu, logvar, z, draws):
+        return mu.sum()
+
+
+class SecondIP(InformationPotential):  # keeps InformationPotential's name
+    def _rate(self, mu, logvar, z, draws):
+        return 2 * super()._rate(mu, logvar, z, draws)
+
+
+class Unstored(Rate):
+    name = "unstored"
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self._scale = scale
+
+    def _rate(self, mu, logvar, z, draws):
+        return self._scale * mu.sum()
+
+
+class NotJSON(MeanSquare):
+    name = "not-json"
+
+
+@pytest.mark.parametrize(
+    "rate, message",
+    [
+        (Nameless(), "Nameless has no name"),
+        (SecondIP(8), "SecondIP has the name 'ip' of InformationPotential"),
+        (Unstored(2.0), "Unstored must store its option scale"),
+        (NotJSON(torch.tensor(1.0)), "options of rate 'not-json' must be JSON"),
+    ],
+    ids=["nameless", "a-built-in-name", "unstored-option", "not-json"],
+)
+def test_a_rate_that_could_not_be_loaded_back_is_refused_before_anything_is_written(rate, message, tmp_path):
+    model = AutoEncoder.from_preset("toy", hidden=(8,), rate=rate)
+    with pytest.raises(ValueError, match=message):
+        ipae.save(model, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+class HalfWeighted(MeanSquare):
+    name = "half-weighted"
+    paper_distortion_weight = 0.25
+
+
+def test_the_paper_exact_distortion_weight_is_the_rates_own():
+    assert AutoEncoder.from_preset("toy", hidden=(8,), rate=InformationPotential(1), paper_exact=True).distortion_weight == 0.5
+    assert AutoEncoder.from_preset("toy", hidden=(8,), rate=PriorKL(), paper_exact=True).distortion_weight == 1.0
+    assert AutoEncoder.from_preset("toy", hidden=(8,), rate=MeanSquare(), paper_exact=True).distortion_weight == 1.0
+    assert AutoEncoder.from_preset("toy", hidden=(8,), rate=HalfWeighted(), paper_exact=True).distortion_weight == 0.25

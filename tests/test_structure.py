@@ -1,4 +1,5 @@
-"""The package's structure: no import cycles, and the model knows nothing of training (STYLE rule 12).
+"""The package's structure: no import cycles, the model knows nothing of training (STYLE rule 12), and every
+package the source imports is declared in pyproject.toml.
 
 The import graph is read from the source with `ast`: every `import ipae...` and `from ipae... import`,
 at module level and inside functions (an import deferred into a function still ties the two modules).
@@ -6,10 +7,18 @@ at module level and inside functions (an import deferred into a function still t
 """
 
 import ast
+import importlib.metadata
 import importlib.util
+import re
+import sys
 from pathlib import Path
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 SRC = Path(importlib.util.find_spec("ipae").origin).parents[1]  # the source of the ipae that is imported, unimported
 
@@ -123,3 +132,34 @@ def test_the_model_imports_nothing_of_training(graph, training):
     assert training not in reachable(graph, "ipae.models"), (
         f"ipae.models reaches {training} through {sorted(reachable(graph, 'ipae.models'))}"
     )
+
+
+# every package the source imports is declared
+
+
+def _third_party_imports(root: Path) -> set[str]:
+    """The top-level names of the modules outside the standard library and ipae that the source under root imports."""
+    names = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names.add(node.module.split(".")[0])
+    return {name for name in names if name not in sys.stdlib_module_names and name != "ipae"}
+
+
+def _declared() -> set[str]:
+    """The distributions pyproject.toml's [project] dependencies name, normalised (PEP 503)."""
+    project = tomllib.loads((SRC.parent / "pyproject.toml").read_text())["project"]
+    return {re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-") for requirement in project["dependencies"]}
+
+
+def test_every_imported_package_is_a_declared_dependency():
+    distributions = importlib.metadata.packages_distributions()  # module name -> the distributions that install it
+    imported = _third_party_imports(SRC / "ipae")
+    assert {"torch", "numpy", "sklearn", "scipy"} <= imported  # the reader sees the imports
+    undeclared = {
+        name: distributions.get(name, [name]) for name in imported if not {d.lower() for d in distributions.get(name, [name])} & _declared()
+    }
+    assert not undeclared, f"imported but not in pyproject.toml's dependencies: {undeclared}"

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ipae._version import __version__
 from ipae.models import AutoEncoder
 from ipae.networks import architecture_from_dict
-from ipae.rates import create, spec
+from ipae.rates import RATES, Rate, create, spec
 from ipae.results import write_atomic, write_json
 
 __all__ = ["FORMAT", "TrainState", "save", "save_model", "load_model", "read_metadata", "save_state", "load_state", "has_state"]
@@ -67,10 +67,10 @@ def save_model(model: AutoEncoder, directory: str | Path, *, metadata: dict | No
     """Write `model` (and, when given, the training `state` to continue from) into `directory`,
     creating it if needed. `metadata`: JSON-serialisable extras stored in model.json."""
     directory = Path(directory)
+    record = {"format": FORMAT, "ipae_version": __version__, "model": model_record(model), "metadata": metadata or {}}  # checked first
     directory.mkdir(parents=True, exist_ok=True)
     weights = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     write_atomic(directory / "model.safetensors", lambda tmp: save_file(weights, str(tmp)))
-    record = {"format": FORMAT, "ipae_version": __version__, "model": model_record(model), "metadata": metadata or {}}
     write_json(directory / "model.json", record)
     if state is not None:
         save_state(state, directory)
@@ -118,25 +118,43 @@ def read_metadata(directory: str | Path) -> dict:
 save = save_model
 
 
-def load_model(directory: str | Path, *, encoder: nn.Module | None = None, decoder: nn.Module | None = None) -> AutoEncoder:
+def load_model(
+    directory: str | Path, *, encoder: nn.Module | None = None, decoder: nn.Module | None = None, rate: Rate | None = None
+) -> AutoEncoder:
     """The model saved in `directory`, in eval mode on the CPU; a missing or damaged file, or weights
     that do not fit the architecture in model.json (checked before memory is taken for that architecture),
     or that are not finite, is a clear error naming the file.
 
     A model of your own networks is loaded into the `encoder` and `decoder` you pass (built as when it
-    was saved); one built from a preset or an architecture builds its own. Nothing is unpickled.
+    was saved); one built from a preset or an architecture builds its own. A rate of your own (a `Rate`
+    subclass, not in `ipae.rates.RATES`) is passed as `rate`, built with the options it was saved with
+    (model.json records its name and options, and they must match); a built-in rate is built from the
+    record. Nothing is unpickled.
     """
     directory = Path(directory)
     record = _read_record(directory)
     path = directory / "model.json"
     try:
         fields = record["model"]
-        rate = create(**fields["rate"])
-        options = {"rate": rate, "distortion": fields["distortion"], "beta": fields["beta"], "logvar_limit": fields["logvar_limit"]}
+        saved_rate = fields["rate"]
+        own_rate = isinstance(saved_rate, dict) and isinstance(saved_rate.get("name"), str) and saved_rate["name"] not in RATES
+        built_rate = None if rate is not None or own_rate else create(**saved_rate)
+        options = {"distortion": fields["distortion"], "beta": fields["beta"], "logvar_limit": fields["logvar_limit"]}
         options["distortion_weight"] = fields.get("distortion_weight", 1.0)  # older model.json files lack it: 1
         architecture = None if fields["architecture"] is None else architecture_from_dict(fields["architecture"])
     except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as error:
         raise ValueError(f"{path}: not a valid model description ({_one_line(error)})") from None
+    if built_rate is None and rate is None:
+        raise ValueError(
+            f"{path}: the rate {_short(saved_rate)} is not one of ipae's ({', '.join(RATES)}); "
+            "a rate of your own loads with rate= built as when it was saved"
+        )
+    if rate is not None:
+        if not isinstance(rate, Rate):
+            raise ValueError(f"{directory}: rate must be an ipae.rates.Rate, got {type(rate).__name__}")
+        if json.loads(json.dumps(spec(rate))) != saved_rate:  # through JSON, as model.json holds it: a tuple option reads as a list
+            raise ValueError(f"{directory}: the model was saved with rate {_short(saved_rate)}; the rate passed is {_short(spec(rate))}")
+    options["rate"] = rate if built_rate is None else built_rate
     if architecture is None and (encoder is None or decoder is None):
         raise ValueError(
             f"{directory}: the model has networks of its own; load it with encoder= and decoder= modules built as when it was saved"
@@ -197,7 +215,7 @@ def load_model_weights(model: AutoEncoder, directory: str | Path) -> None:
     """Load the weights saved in `directory` into `model`, which must be the same model (to continue a run)."""
     directory = Path(directory)
     saved = _read_record(directory).get("model")
-    if saved != model_record(model):
+    if saved != json.loads(json.dumps(model_record(model))):  # as model.json holds it: tuples read as lists
         raise ValueError(f"{directory}: holds another model ({saved}) than the one to continue ({model_record(model)})")
     weights = _load_tensors(directory / "model.safetensors")
     _check_weights(model, directory, weights)

@@ -2,8 +2,12 @@
 
 `fit` trains an `AutoEncoder` with `ipae.train.train`; `transform` gives the encoder means, e.g.
 `IPAE(n_components=2, random_state=0).fit_transform(X)` the (N, 2) codes of X; `inverse_transform`
-gives the decoded means and `score` the negative mean training objective.
+gives the decoded means and `score` a held-out objective that does not depend on beta (see `score`).
 `save(directory)` writes a model directory (see `ipae.checkpoint`) that `load_estimator` reads back.
+
+The parameters are checked by the library's own validators (`ipae.fitting.ModelSpec`,
+`ipae.train.TrainConfig`, the rates and the networks), which `ipae fit` uses too, not by scikit-learn's
+private `_param_validation`.
 """
 
 from __future__ import annotations
@@ -11,22 +15,19 @@ from __future__ import annotations
 import inspect
 import shutil
 from dataclasses import replace
-from numbers import Integral, Real
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, _fit_context
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from ipae.checkpoint import has_state, load_model, model_record, read_metadata, save_model
 from ipae.fitting import ModelSpec, fit
-from ipae.layers import ACTIVATIONS
-from ipae.models import DISTORTIONS
-from ipae.rates import InformationPotential, PriorKL, create, spec
-from ipae.train import PRECISIONS, TrainConfig, TrainingDiverged, TrainResult, resolve_device
+from ipae.information import reparameterise
+from ipae.rates import InformationPotential, PairwiseKL, PriorKL, Rate, create, spec
+from ipae.train import TrainConfig, TrainingDiverged, TrainResult, resolve_device
 
 __all__ = ["IPAE", "BetaVAE", "load_estimator", "FitDiverged"]
 
@@ -91,24 +92,7 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
     """What IPAE and BetaVAE share; a subclass names its rate term and that rate's options."""
 
     _rate: str  # a key of ipae.rates.RATES
-
-    _parameter_constraints: dict = {
-        "n_components": [Interval(Integral, 1, None, closed="left")],
-        "beta": [Interval(Real, 0, None, closed="left")],  # finite: NaN and inf fail the interval
-        "hidden": [tuple, list],  # each entry is checked in fit
-        "activation": [StrOptions(set(ACTIVATIONS))],
-        "distortion": [StrOptions(set(DISTORTIONS))],
-        "steps": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "lr": [Interval(Real, 0, None, closed="neither")],
-        "precision": [StrOptions(set(PRECISIONS))],
-        "compile": ["boolean"],
-        "device": [str, torch.device, None],
-        "random_state": ["random_state"],
-        "progress": ["boolean"],
-        "checkpoint_dir": [str, Path, None],
-        "checkpoint_every": [Interval(Integral, 1, None, closed="left"), None],
-    }
+    _score_rate: type[Rate]  # the rate term of `score`, the same for every beta
 
     def _rate_options(self) -> dict:
         """The options of the rate term, from the estimator's parameters."""
@@ -125,7 +109,6 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
 
     # fitting
 
-    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Train a fresh autoencoder on X (N, n_features); `y` is ignored. Returns self."""
         self._forget_fit()  # a second fit starts from scratch, and a failed one leaves nothing behind
@@ -136,27 +119,15 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
             raise
 
     def _fit(self, X):
-        hidden = self.hidden
-        if not (len(hidden) > 0 and all(isinstance(h, Integral) and not isinstance(h, bool) and h >= 1 for h in hidden)):
-            raise ValueError(f"The 'hidden' parameter of {type(self).__name__} must be a non-empty sequence of ints >= 1. Got {hidden!r}.")
+        spec, config = self._settings()  # the parameters first: a clear error before any work
         X = self._check_X(X, reset=True)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        config = TrainConfig(
-            steps=int(self.steps),
-            batch_size=int(self.batch_size),
-            lr=float(self.lr),
-            seed=seed,
-            precision=self.precision,
-            compile=bool(self.compile),
-            device=str(resolve_device(self.device)),
-            progress=bool(self.progress),
-            checkpoint_every=None if self.checkpoint_every is None else int(self.checkpoint_every),
-        )
+        config = replace(config, seed=seed)
         data = torch.from_numpy(X if X.flags.writeable else X.copy())  # torch warns on read-only arrays
         checkpoint = self.checkpoint_dir
         resume = checkpoint if checkpoint is not None and has_state(checkpoint) else None  # a killed fit goes on
         try:
-            model, result = fit(data, self._spec(), config, seed=seed, resume=resume, checkpoint_dir=checkpoint)
+            model, result = fit(data, spec, config, seed=seed, resume=resume, checkpoint_dir=checkpoint)
         except TrainingDiverged as error:
             raise FitDiverged(type(self).__name__, error) from error
         if checkpoint is not None and has_state(checkpoint):  # done: a later fit must not continue this one
@@ -167,10 +138,39 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         self.loss_curve_ = result.loss
         return self
 
+    def _settings(self) -> tuple[ModelSpec, TrainConfig]:
+        """The model spec and training config the parameters name, checked by their own validators (seed 0:
+        `fit` draws it); a ValueError that names the estimator and the parameter otherwise."""
+        try:
+            if not isinstance(self.hidden, (tuple, list)):
+                raise ValueError(f"hidden must be a non-empty sequence of integers >= 1, got {self.hidden!r}")
+            if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, (str, Path)):
+                raise ValueError(f"checkpoint_dir must be a path or None, got {self.checkpoint_dir!r}")
+            config = TrainConfig(
+                steps=_plain(self.steps),
+                batch_size=_plain(self.batch_size),
+                lr=_plain(self.lr),
+                precision=self.precision,
+                compile=_plain(self.compile),
+                device=str(resolve_device(self.device)),
+                progress=_plain(self.progress),
+                checkpoint_every=_plain(self.checkpoint_every),
+            )
+            spec = self._spec()
+            spec.architecture((1,))  # hidden and activation, which the network checks
+            return spec, config
+        except ValueError as error:
+            raise ValueError(f"{type(self).__name__}: {error}") from None
+
     def _spec(self) -> ModelSpec:
-        hidden = tuple(int(h) for h in self.hidden)
-        options = {"n_components": int(self.n_components), "hidden": hidden, "activation": self.activation, "distortion": self.distortion}
-        return ModelSpec(**options, rate=self._rate, rate_options=self._rate_options(), beta=float(self.beta))
+        options = {
+            "n_components": _plain(self.n_components),
+            "hidden": tuple(_plain(h) for h in self.hidden),
+            "activation": self.activation,
+            "distortion": self.distortion,
+        }
+        rate_options = {name: _plain(value) for name, value in self._rate_options().items()}
+        return ModelSpec(**options, rate=self._rate, rate_options=rate_options, beta=_plain(self.beta))
 
     def _forget_fit(self) -> None:
         for name in [name for name in vars(self) if name.endswith("_") and not name.startswith("__")]:
@@ -214,21 +214,37 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
 
     @torch.no_grad()
     def score(self, X, y=None) -> float:
-        """Negative mean objective (distortion + beta * rate) on X; higher is better.
+        """Minus the held-out distortion plus a rate at weight 1, per sample: higher is better. `y` is ignored.
 
-        Computed in batches of the training batch size with noise and partners from a generator seeded
-        with `seed_`, so that the same X gives the same score. `y` is ignored.
+        -(mean_i d(x_i, g(z_i)) + R), z_i ~ q(z|x_i) one draw each. beta is not in it, so that the models
+        of different betas are measured alike: a grid search over beta picks the model with the best
+        trade-off at weight 1 (not, as the training objective would, the smallest beta).
+        `BetaVAE`: R is the KL to the prior and the score is the ELBO (the Bernoulli log-likelihood bound
+        for "bernoulli"; for "mse", that of a Gaussian decoder of variance 1/2 up to a constant of the data).
+        `IPAE`: R is the pairwise-KL upper bound on I(x; z) of each batch's code mixture (Kolchinsky &
+        Tracey, 2017), not IPAE's own eq. 10, whose slack grows like Var(mu) / sigma^2 as beta falls.
+
+        Limits: it ranks the trade-off at weight 1 only (for the VAE, the likelihood bound, which the
+        beta = 1 model is trained for), not the codes' use for another task: score that task with its own
+        scorer. Scores are comparable on the same X with the same batch_size: IPAE's R is at most log(rows
+        of a batch), so codes that keep more than that are ranked by their distortion alone. Computed in
+        batches of `batch_size` rows with noise from a generator seeded with `seed_`: the same X gives the
+        same score.
         """
         check_is_fitted(self)
         X = self._check_X(X, reset=False)
         model = self.model_.eval()
         device = next(model.parameters()).device
         generator = torch.Generator(device).manual_seed(self.seed_)
+        rate = self._score_rate()
         batch_size = min(int(self.batch_size), len(X))
         total = 0.0
         for i in range(0, len(X), batch_size):
             x = torch.tensor(X[i : i + batch_size], device=device)  # (B, n_features)
-            total += float(model.loss(x, generator=generator).loss) * len(x)
+            mu, logvar = model.encode(x)  # (B, D) each
+            z = reparameterise(mu, logvar, torch.randn(mu.shape, generator=generator, device=device, dtype=mu.dtype))  # (B, D)
+            objective = model.distortion_per_sample(x, z).mean() + rate(mu, logvar, z)
+            total += float(objective) * len(x)
         return -total / len(X)
 
     # persistence
@@ -276,15 +292,12 @@ class IPAE(_AutoEncoderTransformer):
     """
 
     _rate = "ip"
-    _parameter_constraints: dict = {
-        **_AutoEncoderTransformer._parameter_constraints,
-        "n_partners": [Interval(Integral, 1, None, closed="left"), None],
-    }
+    _score_rate = PairwiseKL
 
     __init__ = _parameters(beta=InformationPotential.default_beta, n_partners=1)
 
     def _rate_options(self) -> dict:
-        return {"n_partners": None if self.n_partners is None else int(self.n_partners)}
+        return {"n_partners": self.n_partners}
 
 
 class BetaVAE(_AutoEncoderTransformer):
@@ -292,11 +305,17 @@ class BetaVAE(_AutoEncoderTransformer):
     without `n_partners`; beta = 1 is the plain VAE."""
 
     _rate = "vae"
+    _score_rate = PriorKL
 
     __init__ = _parameters(beta=PriorKL.default_beta)
 
 
 ESTIMATORS: dict[str, type[_AutoEncoderTransformer]] = {"IPAE": IPAE, "BetaVAE": BetaVAE}
+
+
+def _plain(value):
+    """A numpy scalar (as a grid search's values may be) as the Python number the validators take; anything else as it is."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _json_params(params: dict) -> dict:

@@ -13,7 +13,7 @@ import torch
 
 from ipae.checkpoint import read_metadata, save_model
 from ipae.data.arrays import value_range
-from ipae.models import AutoEncoder
+from ipae.models import DISTORTIONS, AutoEncoder
 from ipae.networks import ARCHITECTURES, MLP, Conv
 from ipae.rates import RATES, create
 from ipae.results import write_atomic, write_json
@@ -44,6 +44,10 @@ class ModelSpec:
         object.__setattr__(self, "hidden", tuple(self.hidden))
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"unknown arch {self.arch!r}; choose from {', '.join(ARCHITECTURES)}")
+        if isinstance(self.n_components, bool) or not isinstance(self.n_components, int) or self.n_components < 1:
+            raise ValueError(f"n_components must be an integer >= 1, got {self.n_components!r}")
+        if self.distortion not in DISTORTIONS:
+            raise ValueError(f"unknown distortion {self.distortion!r}; choose from {', '.join(DISTORTIONS)}")
         if self.rate not in RATES:
             raise ValueError(f"unknown rate {self.rate!r}; choose from {', '.join(RATES)}")
         create(self.rate, **self.rate_options)  # checks the options

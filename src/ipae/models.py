@@ -96,13 +96,13 @@ PRESETS: dict[str, Preset] = {
 def paper_conventions(options: dict) -> dict:
     """The model options that follow the paper as printed, for a model of `options` (rate, distortion):
     no log-variance bound (a plain linear log-variance), "mean-mse" for "mse" (section 4.1's "mean
-    square error"), and distortion weight 1/2 for IPAE (eq. 11 sums d over the N partners inside its
-    1 / (2 K N^2)); the VAE's objective is eq. 2, weight 1. docs/reproducing.md tables what each does to beta."""
-    rate = options["rate"]
+    square error"), and the rate's `paper_distortion_weight` (1/2 for IPAE: eq. 11 sums d over the N
+    partners inside its 1 / (2 K N^2); 1 for the VAE's eq. 2). docs/reproducing.md tables what each does to beta."""
+    rate = create(options["rate"]) if isinstance(options["rate"], str) else options["rate"]
     return {
         "logvar_limit": None,
         "distortion": "mean-mse" if options["distortion"] == "mse" else options["distortion"],
-        "distortion_weight": 0.5 if getattr(rate, "name", rate) == "ip" else 1.0,
+        "distortion_weight": rate.paper_distortion_weight,
     }
 
 

@@ -7,13 +7,15 @@ from pathlib import Path
 from torch import nn
 
 from ipae.checkpoint import load_model, read_metadata
+from ipae.rates import Rate
 
 __all__ = ["load"]
 
 
-def load(directory: str | Path, *, encoder: nn.Module | None = None, decoder: nn.Module | None = None):
+def load(directory: str | Path, *, encoder: nn.Module | None = None, decoder: nn.Module | None = None, rate: Rate | None = None):
     """What was saved in `directory`: the fitted estimator (`IPAE`, `BetaVAE`) written by its `save`,
-    else the `AutoEncoder` written by `ipae.save` (into `encoder` and `decoder` for networks of your own).
+    else the `AutoEncoder` written by `ipae.save` (into `encoder` and `decoder` for networks of your own,
+    with `rate` for a rate of your own, each built as when the model was saved).
     A missing or damaged file is a FileNotFoundError or ValueError naming it; nothing is unpickled."""
     if "estimator" in read_metadata(directory):
         from ipae.estimators import load_estimator  # scikit-learn takes a second to import: only when needed
@@ -27,4 +29,4 @@ def load(directory: str | Path, *, encoder: nn.Module | None = None, decoder: nn
                 raise
             reason = " ".join(str(error).split())
             raise ValueError(f"{Path(directory) / 'model.json'}: damaged estimator metadata ({type(error).__name__}: {reason})") from None
-    return load_model(directory, encoder=encoder, decoder=decoder)
+    return load_model(directory, encoder=encoder, decoder=decoder, rate=rate)

@@ -18,11 +18,16 @@ torch.compile needs) and every process of a distributed run draws the same.
 
 `RATES` maps the names that the command line and configs use to the classes; `create(name, **options)`
 builds one and `spec(rate)` gives back its name and options as JSON.
+
+A rate of your own subclasses `Rate`: it sets `name` (one not in `RATES`), stores each option of its
+`__init__` under the option's own name and implements `_rate`. It trains and saves as the built-in ones
+do, and `ipae.load(directory, rate=...)` takes it back, as it takes networks of your own.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +45,9 @@ class Rate(nn.Module):
 
     name: str
     default_beta = 1.0  # a starting point where beta is not given; the right beta depends on the data
+    # The weight of the distortion in the paper's objective with this rate (`ipae.models.paper_conventions`):
+    # eq. 2, the VAE's, weights it by 1; a rate whose objective the paper prints otherwise says so here.
+    paper_distortion_weight = 1.0
 
     def __init__(self) -> None:  # a rate without options; one with options takes them as keywords here
         super().__init__()
@@ -76,6 +84,7 @@ class InformationPotential(Rate):
 
     name = "ip"
     default_beta = 0.01  # eq. 10 grows like Var(mu) / sigma^2, far faster than the KL: near the toy task's best
+    paper_distortion_weight = 0.5  # eq. 11 sums d over the N partners inside its 1 / (2 K N^2)
 
     def __init__(self, n_partners: int | None = 1) -> None:
         super().__init__()
@@ -145,7 +154,11 @@ RATES: dict[str, type[Rate]] = {cls.name: cls for cls in (InformationPotential, 
 
 
 def _options(rate: Rate) -> dict:
-    return {name: getattr(rate, name) for name in inspect.signature(type(rate).__init__).parameters if name != "self"}
+    names = [name for name in inspect.signature(type(rate).__init__).parameters if name != "self"]
+    missing = [name for name in names if not hasattr(rate, name)]
+    if missing:
+        raise ValueError(f"{type(rate).__name__} must store its option {', '.join(missing)} under that name (spec reads it there)")
+    return {name: getattr(rate, name) for name in names}
 
 
 def create(name: str, **options) -> Rate:
@@ -163,5 +176,20 @@ def create(name: str, **options) -> Rate:
 
 
 def spec(rate: Rate) -> dict:
-    """The rate's name and options, as JSON: `create(**spec(rate))` builds the same rate again."""
-    return {"name": rate.name, **_options(rate)}
+    """The rate's name and options, as JSON: `create(**spec(rate))` builds the same rate again (for a
+    registered name). A clear ValueError for a rate that has no name of its own, takes a registered
+    one that is not its class's (loading would build that class instead), or has options that are not
+    stored under their names or are not JSON."""
+    cls = type(rate)
+    name = getattr(rate, "name", None)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{cls.__name__} has no name: a Rate subclass sets `name`, a string that model.json records")
+    if name in RATES and cls is not RATES[name]:
+        raise ValueError(f"{cls.__name__} has the name {name!r} of {RATES[name].__name__}: give it a name of its own")
+    record = {"name": name, **_options(rate)}
+    try:
+        json.dumps(record, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        kinds = "finite numbers, strings, booleans, lists, None"
+        raise ValueError(f"the options of rate {name!r} must be JSON values ({kinds}): {error}") from None
+    return record
