@@ -1,7 +1,7 @@
 """The one training path: Adam on an `AutoEncoder`'s objective, from any data source.
 
 `train(model, data, TrainConfig(...))` owns everything around the objective: batches (from a tensor,
-an array, a memory-mapped .npy, a Dataset, a DataLoader or any iterable of batches), the noise,
+an array, a file read by rows, a Dataset, a DataLoader or any iterable of batches), the noise,
 precision and torch.compile, distributed training (rank slices and the all-gather of the codes that
 the global-batch rate needs), the divergence check, logging, a progress bar, and checkpoints every N
 steps with an exact resume.
@@ -383,7 +383,8 @@ def train(
 ) -> TrainResult:
     """Train `model` in place with Adam on `data`; returns the per-step history.
 
-    `data`: a tensor or array (N, ...) (a memory-mapped array is read batch by batch), a map-style
+    `data`: a tensor or array (N, ...), a `RowReader` of a file or a memory-mapped array (read batch by
+    batch from its file; one not in C order is copied into memory, up to MMAP_BYTES), a map-style
     `Dataset`, a `DataLoader`, or any iterable of batches; a batch that is `(x, y)` trains on x.
     Sources of known size follow a fixed schedule of shuffled passes drawn from `config.seed`; a
     DataLoader or iterable gives its own batches and is iterated again at its end.
@@ -400,6 +401,8 @@ def train(
     Continuing: `resume` (a result's `.state`, with the model as it was then; or a checkpoint directory,
     whose weights are loaded into `model`) goes on from its step; `stop_at` ends after that many steps
     of the schedule. Run in pieces, training gives the same weights as in one piece (bit for bit on the CPU).
+    A continuation must have the run's settings and, from a tensor, array or file, its data (a SHA-256
+    of which the state records); the call is checked whole before the model changes.
     """
     if not isinstance(model, AutoEncoder):
         raise ValueError(f"model must be an ipae.AutoEncoder, got {type(model).__name__}")
