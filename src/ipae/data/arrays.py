@@ -71,7 +71,8 @@ def load_array(path: str | Path, *, key: str | None = None, max_ndim: int = 2, m
 
 def chunks(array: np.ndarray | RowReader, nbytes: int | None = None) -> Iterator[np.ndarray]:
     """The array in runs of whole rows of about `nbytes` (default CHUNK_BYTES), in order; a `RowReader`'s
-    are read from its file, so that a pass over a file larger than memory holds one run at a time."""
+    are read from its file into one buffer, so that a pass over a file larger than memory holds one run
+    (good until the next is read)."""
     if isinstance(array, RowReader):
         yield from array.chunks(nbytes)
         return
@@ -322,26 +323,31 @@ class RowReader:
 
     def __call__(self, index: np.ndarray) -> np.ndarray:
         """Rows `index` (k,), in that order: (k, ...)."""
-        buffer = bytearray(len(index) * self.row_bytes)
+        buffer = np.empty(len(index) * self.row_bytes, dtype=np.uint8)  # not zeroed: every byte is read into
         view = memoryview(buffer)
         for slot, row in enumerate(index.tolist()):
             self._read(view[slot * self.row_bytes : (slot + 1) * self.row_bytes], row)
         self.check()  # after the reads: a file changed before or while they ran is found here
-        return np.frombuffer(buffer, dtype=self.dtype).reshape(len(index), *self.shape[1:])
+        return buffer.view(self.dtype).reshape(len(index), *self.shape[1:])
 
     def chunks(self, nbytes: int | None = None) -> Iterator[np.ndarray]:
         """The rows in order, in runs of about `nbytes` (default CHUNK_BYTES), each checked as a batch
-        is; a whole pass leaves its fingerprint (see `fingerprint`), so that the pass that checks the
-        values also fingerprints them."""
-        rows, digest = _rows_per_chunk(self.row_bytes, nbytes), hashlib.sha256(f"{self.dtype.str} {self.shape}".encode())
+        is. One buffer holds every run, so a pass takes no new memory (fresh pages are slower than the
+        reads themselves): a run is good until the next is read; copy it to keep it. The first whole
+        pass leaves the fingerprint (see `fingerprint`): the pass that checks the values hashes them."""
+        rows = _rows_per_chunk(self.row_bytes, nbytes)
+        digest = hashlib.sha256(f"{self.dtype.str} {self.shape}".encode()) if self._fingerprint is None else None
+        buffer = np.empty(min(rows, len(self)) * self.row_bytes, dtype=np.uint8)
         for start in range(0, len(self), rows):
             count = min(rows, len(self) - start)
-            buffer = bytearray(count * self.row_bytes)
-            self._read(memoryview(buffer), start)
+            run = buffer[: count * self.row_bytes]
+            self._read(memoryview(run), start)
             self.check()
-            digest.update(buffer)
-            yield np.frombuffer(buffer, dtype=self.dtype).reshape(count, *self.shape[1:])
-        self._fingerprint = digest.hexdigest()
+            if digest is not None:
+                digest.update(run)
+            yield run.view(self.dtype).reshape(count, *self.shape[1:])
+        if digest is not None:
+            self._fingerprint = digest.hexdigest()
 
     def fingerprint(self) -> str:
         """A SHA-256 of the array's dtype, shape and values in the file, from the last whole pass or a new one."""
