@@ -279,6 +279,19 @@ def test_the_fingerprint_of_a_file_is_of_its_values(tmp_path, always_mapped):
     assert reader._fingerprint == prints["x"]
 
 
+def test_a_large_file_of_one_value_is_refused_in_one_line(tmp_path, always_mapped):
+    np.save(tmp_path / "x.npy", np.float64(3.0))
+    refused(tmp_path / "x.npy", "expected an array of samples (N, ...), got shape ()", mmap=True)
+
+
+def test_a_reader_checks_its_file_by_the_name_it_was_given_wherever_the_process_goes(tmp_path, monkeypatch):
+    np.save(tmp_path / "x.npy", np.ones((4, 3)))
+    monkeypatch.chdir(tmp_path)
+    reader = RowReader("x.npy")
+    monkeypatch.chdir("/")
+    np.testing.assert_array_equal(reader(np.array([3])), np.ones((1, 3)))
+
+
 def test_a_reader_that_cannot_be_made_closes_quietly(tmp_path, monkeypatch):
     np.save(tmp_path / "f.npy", np.asfortranarray(np.ones((4, 3))))
     (tmp_path / "bad.npy").write_bytes(b"not a numpy file")

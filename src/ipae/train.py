@@ -244,17 +244,16 @@ class _Indexed:
         schedule_device = torch.device("cpu")
         if isinstance(data, RowReader):  # checked batch by batch: a whole pass would read a file larger than RAM
             data.check()  # still the file that was checked, before the first step
-            self.read = functools.partial(_file_rows, data)
-            self.sample_shape, digest = data.shape[1:], data.fingerprint()
+            self.read, digest = functools.partial(_file_rows, data), data.fingerprint()
         elif isinstance(data, (Tensor, np.ndarray)):
             tensor = torch.from_numpy(_torch_array(data)) if isinstance(data, np.ndarray) else data
             _check_array(tensor)
-            self.sample_shape, digest = tuple(tensor.shape[1:]), _fingerprint(tensor)
+            digest = _fingerprint(tensor)
             tensor = tensor.to(device=device, dtype=dtype)
             schedule_device = device
             self.read = lambda index: tensor.index_select(0, index)
         else:  # a map-style Dataset
-            self.read, self.sample_shape, digest = functools.partial(_dataset_rows, data), None, None
+            self.read, digest = functools.partial(_dataset_rows, data), None
         self.schedule = _Schedule(n, self.global_batch, config.seed, schedule_device)
         self.settings = {"n_data": n, "batch_size": self.global_batch, "data_sha256": digest}
 
@@ -280,7 +279,7 @@ def _fingerprint(tensor: Tensor) -> str:
     """A SHA-256 of a tensor's dtype, shape and values, a chunk of rows at a time (from a GPU, a chunk at a time)."""
     digest = hashlib.sha256(f"{tensor.dtype} {tuple(tensor.shape)}".encode())
     for chunk in tensor.split(max(1, arrays.CHUNK_BYTES // max(1, tensor[0].nbytes))):
-        digest.update(chunk.contiguous().view(torch.uint8).cpu().numpy())  # (rows, ..., bytes of a row's last axis)
+        digest.update(chunk.detach().contiguous().view(torch.uint8).cpu().numpy())  # (rows, ..., bytes of a row's last axis)
     return digest.hexdigest()
 
 

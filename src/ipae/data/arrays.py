@@ -259,6 +259,7 @@ class RowReader:
     def __init__(self, path: str | Path, *, layout: tuple[int, np.dtype, tuple[int, ...]] | None = None) -> None:
         self._file = None  # first: a constructor that fails leaves a reader whose __del__ has nothing to close
         self.path = Path(path)
+        self._name = Path(os.path.abspath(path))  # what `check` looks up: the same file wherever the process goes
         file = open(self.path, "rb")  # open as long as the reader lives
         try:
             if layout is None:
@@ -271,6 +272,8 @@ class RowReader:
                     )
             else:
                 status, (position, dtype, shape) = os.fstat(file.fileno()), layout
+            if len(shape) == 0:
+                raise ValueError(f"{self.path}: expected an array of samples (N, ...), got shape ()")
             self.shape, self.dtype, self.position = tuple(shape), np.dtype(dtype), position
             self.row_bytes = self.dtype.itemsize * math.prod(self.shape[1:])
             if position + len(self) * self.row_bytes > status.st_size:
@@ -312,7 +315,7 @@ class RowReader:
                 "nothing was trained on the new bytes; run again once it is no longer being written"
             )
         try:
-            named = os.stat(self.path)
+            named = os.stat(self._name)
         except OSError:
             named = None
         if named is None or (named.st_dev, named.st_ino) != (now.st_dev, now.st_ino):
@@ -350,7 +353,7 @@ class RowReader:
             self._fingerprint = digest.hexdigest()
 
     def fingerprint(self) -> str:
-        """A SHA-256 of the array's dtype, shape and values in the file, from the last whole pass or a new one."""
+        """A SHA-256 of the array's dtype, shape and values in the file, from the first whole pass or a new one."""
         if self._fingerprint is None:
             for _ in self.chunks():
                 pass
