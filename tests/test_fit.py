@@ -466,6 +466,13 @@ def test_a_file_rewritten_in_place_while_training_stops_the_fit(data, tmp_path, 
         "changed); nothing was trained on the new bytes; run again once it is no longer being written\n"
     )
     assert not (tmp_path / "out").exists()
+    record(
+        "bad input",
+        "data file rewritten in place while ipae fit trains",
+        tried=1,
+        outcome="one line naming it, exit 2, nothing written",
+        detail=rewrite.__name__.replace("_", " "),
+    )
 
 
 def test_a_file_replaced_before_training_is_refused(tmp_path, capsys, always_mapped, monkeypatch):
@@ -483,6 +490,7 @@ def test_a_file_replaced_before_training_is_refused(tmp_path, capsys, always_map
     code, error = run(capsys, "fit", str(data), *SMALL, "--steps", "4", "--quiet", "--out", str(tmp_path / "out"))
     assert code == 2 and error.startswith(f"ipae: error: {data}: the file was replaced or removed after ipae checked it")
     assert error.count("\n") == 1 and not (tmp_path / "out").exists()
+    record("bad input", "data file replaced between its check and training", tried=1, outcome="one line naming it, exit 2, nothing written")
 
 
 def test_a_file_cut_short_before_the_bernoulli_range_check_is_refused(tmp_path, capsys, always_mapped, monkeypatch):
@@ -500,6 +508,9 @@ def test_a_file_cut_short_before_the_bernoulli_range_check_is_refused(tmp_path, 
     code, error = run(capsys, *args)
     assert code == 2 and error.startswith(f"ipae: error: {data}: the file was written to after ipae checked it")
     assert error.count("\n") == 1 and not (tmp_path / "out").exists()
+    record(
+        "bad input", "data file cut short before the bernoulli range check", tried=1, outcome="one line naming it, exit 2, nothing written"
+    )
 
 
 def test_a_large_fortran_ordered_file_is_refused_in_one_line(tmp_path, capsys, always_mapped):
@@ -507,6 +518,7 @@ def test_a_large_fortran_ordered_file_is_refused_in_one_line(tmp_path, capsys, a
     np.save(data, np.asfortranarray(np.random.default_rng(0).random((100, 3))))
     code, error = run(capsys, "fit", str(data), *SMALL, "--steps", "4", "--quiet", "--out", str(tmp_path / "out"))
     assert code == 2 and error.startswith(f"ipae: error: {data}: the array is in Fortran order") and error.count("\n") == 1
+    record("bad input", "large Fortran-ordered .npy", tried=1, outcome="one line naming it, exit 2")
 
 
 # resuming: the right run on the right data
@@ -529,6 +541,7 @@ def test_a_fit_with_a_stopped_run_in_its_checkpoint_does_not_start_again(data, t
         assert code == 2 and error.startswith(f"ipae: error: {checkpoint} holds a stopped run") and hint in error and error.count("\n") == 1
         assert (checkpoint / "training.json").read_text() == state and not out.exists()
     assert main(["fit", "--resume", str(checkpoint), "--quiet", "--out", str(out)]) == 0  # the command it names
+    record("bad input", "ipae fit again without --resume over a stopped run", tried=3, outcome="one line naming the resume command, exit 2")
 
 
 def test_resume_on_a_directory_of_another_kind_says_what_it_is(tmp_path, capsys):
@@ -545,6 +558,7 @@ def test_resume_on_a_directory_of_another_kind_says_what_it_is(tmp_path, capsys)
             + (" (by `ipae toy`, `ipae.save`, ...)" if name == "plain" else "")
             + "; --resume continues a fit or its OUT.checkpoint\n"
         )
+    record("bad input", "ipae fit --resume of a directory that is no fit", tried=2, outcome="one line saying what it is, exit 2")
 
 
 @pytest.mark.parametrize("read", ["loaded", "by rows"])
@@ -563,6 +577,7 @@ def test_resuming_on_other_values_of_the_same_shape_is_refused(data, tmp_path, c
     )
     np.save(data, np.load(data)[::-1])  # the data it was trained on: it goes on
     assert main(["fit", "--resume", str(checkpoint), "--quiet", "--out", str(out)]) == 0
+    record("bad input", "ipae fit --resume on other values of the same shape", tried=1, outcome="one line, exit 2", detail=read)
 
 
 # torch.compile
