@@ -1,12 +1,16 @@
+import gc
 import math
+import os
 import re
+import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ipae.data import arrays, load_array
-from ipae.data.arrays import release
+from ipae.data.arrays import RowReader
 
 EXPECTED = np.array([[0.0, 1.5], [-2.0, 3e-3], [4.0, 5.0]], dtype=np.float32)  # what every good file below holds
 
@@ -221,28 +225,96 @@ def test_more_dimensions_than_max_ndim_are_refused(tmp_path):
     refused(path, "expected an array (samples, features), got shape (2, 3, 3)")  # the default takes tables only
 
 
-# memory-mapped .npy: returned in its own dtype and read where it lies, never loaded whole
+# a large .npy: read by a RowReader in its own dtype, from one handle, never loaded whole
 
 
 @pytest.fixture
 def always_mapped(monkeypatch):
-    """Memory-map every .npy file asked for with mmap=True, however small (the library may load small files whole)."""
+    """Read every .npy file asked for with mmap=True by rows, however small (the library may load small files whole)."""
     monkeypatch.setattr(arrays, "MMAP_BYTES", 0, raising=False)
 
 
+def written_earlier(path: Path) -> Path:
+    """Date the file a minute back, as a file written before a run is: a rewrite within the same tick of
+    the file system's clock would otherwise leave its modification time as it was."""
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns - 60 * 10**9))
+    return path
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.uint8, np.int16])
-def test_mmap_maps_a_npy_file_read_only_in_its_own_dtype(tmp_path, always_mapped, dtype):
+def test_mmap_reads_a_npy_file_by_rows_in_its_own_dtype(tmp_path, always_mapped, dtype):
     path = tmp_path / "x.npy"
-    values = (np.arange(2 * 3 * 16 * 16) % 200).reshape(2, 3, 16, 16).astype(dtype)
+    values = (np.arange(5 * 3 * 16 * 16) % 200).reshape(5, 3, 16, 16).astype(dtype)
     np.save(path, values)
-    array = load_array(path, max_ndim=4, mmap=True)
-    assert isinstance(array, np.memmap) and array.dtype == dtype and array.shape == values.shape
-    assert Path(array.filename).resolve() == path.resolve()
+    with load_array(path, max_ndim=4, mmap=True) as reader:
+        assert isinstance(reader, RowReader) and reader.dtype == dtype and reader.shape == values.shape and len(reader) == 5
+        np.testing.assert_array_equal(reader(np.array([4, 0, 4, 2])), values[[4, 0, 4, 2]])
+        runs = [run.copy() for run in arrays.chunks(reader, nbytes=values[0].nbytes * 2)]  # a run is good until the next is read
+        assert [len(run) for run in runs] == [2, 2, 1]
+        np.testing.assert_array_equal(np.concatenate(runs), values)
+    with pytest.raises(ValueError, match="closed"):
+        reader(np.array([0]))
+
+
+def test_a_reader_reads_the_rows_of_a_memmap_from_its_file(tmp_path):
+    values = np.arange(40, dtype=np.float32).reshape(10, 4)
+    np.save(tmp_path / "x.npy", values)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    with RowReader.from_memmap(mapped[3:8]) as reader:  # a view of rows: the offset of row 3 in the file
+        assert reader.shape == (5, 4)
+        np.testing.assert_array_equal(reader(np.array([4, 0])), values[[7, 3]])
+    with pytest.raises(ValueError, match="C-contiguous"):
+        RowReader.from_memmap(np.load(tmp_path / "x.npy"))
+
+
+def test_the_fingerprint_of_a_file_is_of_its_values(tmp_path, always_mapped):
+    values = np.random.default_rng(0).random((50, 3))
+    for name, array in (("x", values), ("same", values.copy()), ("other", values[::-1].copy()), ("f32", values.astype(np.float32))):
+        np.save(tmp_path / f"{name}.npy", array)
+    prints = {name: RowReader(tmp_path / f"{name}.npy").fingerprint() for name in ("x", "same", "other", "f32")}
+    assert prints["x"] == prints["same"] and len({prints["x"], prints["other"], prints["f32"]}) == 3
+    reader = RowReader(tmp_path / "x.npy")
+    for _ in arrays.chunks(reader, nbytes=16 * 24):  # a whole pass in 4 chunks leaves the fingerprint of the whole file
+        pass
+    assert reader._fingerprint == prints["x"]
+
+
+def test_a_large_file_of_one_value_is_refused_in_one_line(tmp_path, always_mapped):
+    np.save(tmp_path / "x.npy", np.float64(3.0))
+    refused(tmp_path / "x.npy", "expected an array of samples (N, ...), got shape ()", mmap=True)
+
+
+def test_a_reader_checks_its_file_by_the_name_it_was_given_wherever_the_process_goes(tmp_path, monkeypatch):
+    np.save(tmp_path / "x.npy", np.ones((4, 3)))
+    monkeypatch.chdir(tmp_path)
+    reader = RowReader("x.npy")
+    monkeypatch.chdir("/")
+    np.testing.assert_array_equal(reader(np.array([3])), np.ones((1, 3)))
+
+
+def test_a_reader_that_cannot_be_made_closes_quietly(tmp_path, monkeypatch):
+    np.save(tmp_path / "f.npy", np.asfortranarray(np.ones((4, 3))))
+    (tmp_path / "bad.npy").write_bytes(b"not a numpy file")
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    for name in ("f.npy", "bad.npy", "missing.npy"):
+        with pytest.raises((ValueError, FileNotFoundError)):
+            RowReader(tmp_path / name)
+        gc.collect()
+    assert unraisable == []  # no "Exception ignored in RowReader.__del__", no unclosed file
+
+
+def test_a_float32_file_is_not_copied_when_loaded(tmp_path):
+    values = np.random.default_rng(0).random((1 << 16, 32), dtype=np.float32)  # 8 MiB
+    np.save(tmp_path / "x.npy", values)
+    tracemalloc.start()
+    try:
+        array = load_array(tmp_path / "x.npy")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     np.testing.assert_array_equal(array, values)
-    with pytest.raises(ValueError, match="read-only"):
-        array[0, 0, 0, 0] = 1  # the user's file is never written
-    release(array)  # drops the pages from this process; the values are still there
-    np.testing.assert_array_equal(array, values)
+    assert peak < 1.5 * values.nbytes, f"{peak / values.nbytes:.2f} x the data"  # a copy would be 2 x
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".csv"])
@@ -250,8 +322,16 @@ def test_mmap_of_other_files_loads_them_as_float32(tmp_path, always_mapped, suff
     path = tmp_path / f"x{suffix}"
     np.savez(path, x=EXPECTED.astype(np.float64)) if suffix == ".npz" else path.write_text("0,1.5\n-2,0.003\n4,5\n")
     array = load_array(path, mmap=True)
-    assert not isinstance(array, np.memmap) and array.dtype == np.float32
+    assert isinstance(array, np.ndarray) and array.dtype == np.float32
     np.testing.assert_array_equal(array, EXPECTED)
+
+
+def test_a_large_fortran_ordered_file_is_refused_and_a_small_one_copied(tmp_path, monkeypatch):
+    values = np.arange(12.0).reshape(4, 3)
+    np.save(tmp_path / "x.npy", np.asfortranarray(values))
+    np.testing.assert_array_equal(load_array(tmp_path / "x.npy", mmap=True), values)  # under MMAP_BYTES: loaded
+    monkeypatch.setattr(arrays, "MMAP_BYTES", 0)
+    refused(tmp_path / "x.npy", "in Fortran order", mmap=True)
 
 
 @pytest.mark.parametrize(
@@ -277,11 +357,58 @@ def test_a_mapped_file_is_checked_to_its_last_row(tmp_path, always_mapped):
     refused(tmp_path / "x.npy", "NaN or infinite", mmap=True)
 
 
-def test_checking_a_mapped_file_releases_its_pages(tmp_path, always_mapped, monkeypatch):
+def test_checking_a_large_file_reads_a_chunk_at_a_time(tmp_path, always_mapped, monkeypatch):
     np.save(tmp_path / "x.npy", np.ones((1000, 4)))
-    released = []
-    real_release = arrays.release
-    monkeypatch.setattr(arrays, "release", lambda array: released.append(array) or real_release(array))
-    array = load_array(tmp_path / "x.npy", mmap=True)
-    assert released and all(isinstance(part, np.memmap) for part in released)
-    np.testing.assert_array_equal(array, np.ones((1000, 4)))
+    monkeypatch.setattr(arrays, "CHUNK_BYTES", 32 * 100)  # 100 rows of 4 float64
+    sizes, real_preadv = [], os.preadv
+    monkeypatch.setattr(os, "preadv", lambda fd, buffers, offset: sizes.append(len(buffers[0])) or real_preadv(fd, buffers, offset))
+    reader = load_array(tmp_path / "x.npy", mmap=True)
+    assert sizes == [3200] * 10  # the check read the file in 10 runs of 100 rows
+    np.testing.assert_array_equal(reader(np.arange(1000)), np.ones((1000, 4)))
+
+
+# a file that changes while it is read: a one-line error naming it, never a signal or other bytes
+
+
+class RewrittenWhenOpened(RowReader):
+    """A RowReader whose file another program rewrites (np.save to the same name) right after it is opened."""
+
+    content = None
+
+    def __init__(self, path, **options):
+        super().__init__(path, **options)
+        np.save(path, self.content)
+
+
+@pytest.mark.parametrize("content", [np.zeros((3, 4)), np.full((10, 4), 7.0), np.full((20, 4), 7.0, dtype=np.float32)])
+def test_a_file_rewritten_in_place_during_its_check_is_refused(tmp_path, always_mapped, monkeypatch, content):
+    """Cut short, the same size or longer: the finite check reads no byte of the new file."""
+    path = tmp_path / "x.npy"
+    np.save(path, np.ones((10, 4)))
+    written_earlier(path)
+    monkeypatch.setattr(RewrittenWhenOpened, "content", content)
+    monkeypatch.setattr(arrays, "RowReader", RewrittenWhenOpened)
+    refused(path, "was written to after ipae checked it", mmap=True)
+
+
+def test_a_file_rewritten_between_two_passes_is_refused(tmp_path, always_mapped):
+    path = tmp_path / "x.npy"
+    np.save(path, np.full((10, 4), 0.5))
+    reader = load_array(written_earlier(path), mmap=True)
+    np.save(path, np.full((10, 4), 0.5))  # the same bytes, written again: not the file that was checked
+    with pytest.raises(ValueError, match=re.escape(f"{path}: the file was written to after ipae checked it")):
+        arrays.value_range(reader)
+
+
+def test_a_file_replaced_after_its_check_is_refused(tmp_path, always_mapped):
+    path = tmp_path / "x.npy"
+    np.save(path, np.full((10, 4), 7.0))
+    reader = load_array(path, mmap=True)
+    np.save(tmp_path / "new.npy", np.full((20, 4), 7.0, dtype=np.float32))  # the same size, other values in its bytes
+    os.replace(tmp_path / "new.npy", path)
+    with pytest.raises(ValueError, match=re.escape(f"{path}: the file was replaced or removed after ipae checked it")) as info:
+        reader(np.array([0, 1]))
+    assert "\n" not in str(info.value)
+    path.unlink()
+    with pytest.raises(ValueError, match="replaced or removed"):
+        reader.check()

@@ -16,7 +16,7 @@ from ipae import fitting
 from ipae.checkpoint import load_model, read_metadata
 from ipae.cli import main
 from ipae.data import arrays
-from ipae.data.arrays import load_array
+from ipae.data.arrays import RowReader, load_array
 from ipae.fitting import ModelSpec
 from ipae.networks import MLP, Conv
 from ipae.train import TrainConfig, native_bf16
@@ -389,7 +389,7 @@ def test_a_fit_diverging_after_a_checkpoint_names_it(data, tmp_path, capsys):
 # memory-mapped data
 
 
-def test_fit_trains_on_a_memory_mapped_npy_without_loading_it(data, tmp_path, always_mapped, monkeypatch):
+def test_fit_trains_on_a_large_npy_by_rows_without_loading_it(data, tmp_path, always_mapped, monkeypatch):
     seen = []
     real_train = fitting.train
 
@@ -399,7 +399,7 @@ def test_fit_trains_on_a_memory_mapped_npy_without_loading_it(data, tmp_path, al
 
     monkeypatch.setattr(fitting, "train", spy)
     assert main(["fit", str(data), *SMALL, "--steps", "4", "--quiet", "--out", str(tmp_path / "mapped")]) == 0
-    assert len(seen) == 1 and isinstance(seen[0], np.memmap) and os.path.samefile(seen[0].filename, data)
+    assert len(seen) == 1 and isinstance(seen[0], RowReader) and os.path.samefile(seen[0].path, data)
     monkeypatch.setattr(fitting, "train", real_train)
     # the same run from the array in memory
     spec = ModelSpec(hidden=(16,), n_components=2)
@@ -409,11 +409,11 @@ def test_fit_trains_on_a_memory_mapped_npy_without_loading_it(data, tmp_path, al
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_training_from_a_memmap_equals_training_from_the_array_in_memory(tmp_path, always_mapped, dtype):
+def test_training_from_a_file_by_rows_equals_training_from_the_array_in_memory(tmp_path, always_mapped, dtype):
     images = np.random.default_rng(3).random((40, 2, 16, 16)).astype(dtype)
     np.save(tmp_path / "x.npy", images)
     mapped = load_array(tmp_path / "x.npy", max_ndim=4, mmap=True)
-    assert isinstance(mapped, np.memmap) and mapped.dtype == dtype
+    assert isinstance(mapped, RowReader) and mapped.dtype == dtype
     spec = ModelSpec(hidden=(8,), n_components=2, distortion="bernoulli")
     config = TrainConfig(steps=5, batch_size=16, seed=3, progress=False)
     from_file, result_file = fitting.fit(mapped, spec, config, seed=1)
@@ -423,12 +423,161 @@ def test_training_from_a_memmap_equals_training_from_the_array_in_memory(tmp_pat
         assert torch.equal(a, b), name
 
 
-def test_a_memmap_outside_0_1_is_refused_for_the_bernoulli_distortion(tmp_path, always_mapped):
+def test_a_large_file_outside_0_1_is_refused_for_the_bernoulli_distortion(tmp_path, always_mapped):
     np.save(tmp_path / "x.npy", np.linspace(-1, 2, 40, dtype=np.float32).reshape(20, 2))
     mapped = load_array(tmp_path / "x.npy", mmap=True)
-    assert isinstance(mapped, np.memmap)
+    assert isinstance(mapped, RowReader)
     with pytest.raises(ValueError, match=r"needs data in \[0, 1\]"):
         fitting.fit(mapped, ModelSpec(hidden=(4,), n_components=2, distortion="bernoulli"), TrainConfig(steps=1, progress=False))
+
+
+# a data file that changes under a fit: one line naming it, exit 2, nothing written; never a signal or other data
+
+
+def written_earlier(path):
+    """Date the file a minute back, as a file written before a run is: a rewrite within the same tick of
+    the file system's clock would otherwise leave its modification time as it was."""
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns - 60 * 10**9))
+    return path
+
+
+def truncate(path):
+    path.open("r+b").truncate(0)
+
+
+def truncate_then_float64(path):
+    """The rewrite measured on a 1.2 GB file: cut to nothing, then a float64 file of the same size."""
+    size = path.stat().st_size
+    truncate(path)
+    np.save(path, np.full((50, 3), 7.0))  # 50 x 3 float64: the bytes of 100 x 3 float32
+    assert path.stat().st_size == size
+
+
+def the_same_again(path):
+    np.save(path, np.load(path))
+
+
+@pytest.mark.parametrize("rewrite", [truncate, truncate_then_float64, the_same_again])
+def test_a_file_rewritten_in_place_while_training_stops_the_fit(data, tmp_path, capsys, always_mapped, rewrite):
+    written_earlier(data)
+    with after_step(3, lambda optimizer: rewrite(data)):
+        code, error = run(capsys, "fit", str(data), *SMALL, "--steps", "8", "--quiet", "--out", str(tmp_path / "out"))
+    assert code == 2 and error == f"ipae: error: {data}: the file was written to after ipae checked it (its size or modification time " + (
+        "changed); nothing was trained on the new bytes; run again once it is no longer being written\n"
+    )
+    assert not (tmp_path / "out").exists()
+    record(
+        "bad input",
+        "data file rewritten in place while ipae fit trains",
+        tried=1,
+        outcome="one line naming it, exit 2, nothing written",
+        detail=rewrite.__name__.replace("_", " "),
+    )
+
+
+def test_a_file_replaced_before_training_is_refused(tmp_path, capsys, always_mapped, monkeypatch):
+    """The float64 file of 7.0s that came back as float32 [0, 2.4375, ...] when it was opened again by name."""
+    data = tmp_path / "x.npy"
+    np.save(data, np.full((50, 3), 7.0))
+    real_build = fitting.build_model
+
+    def replace_then_build(*args, **kwargs):  # between the checks and the first step
+        np.save(tmp_path / "new.npy", np.random.default_rng(0).random((100, 3), dtype=np.float32))
+        os.replace(tmp_path / "new.npy", data)
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(fitting, "build_model", replace_then_build)
+    code, error = run(capsys, "fit", str(data), *SMALL, "--steps", "4", "--quiet", "--out", str(tmp_path / "out"))
+    assert code == 2 and error.startswith(f"ipae: error: {data}: the file was replaced or removed after ipae checked it")
+    assert error.count("\n") == 1 and not (tmp_path / "out").exists()
+    record("bad input", "data file replaced between its check and training", tried=1, outcome="one line naming it, exit 2, nothing written")
+
+
+def test_a_file_cut_short_before_the_bernoulli_range_check_is_refused(tmp_path, capsys, always_mapped, monkeypatch):
+    data = tmp_path / "x.npy"
+    np.save(data, np.random.default_rng(0).random((100, 3), dtype=np.float32))
+    real_load = arrays.load_array
+
+    def load_then_truncate(*args, **kwargs):  # another program cuts the file after it was checked
+        loaded = real_load(*args, **kwargs)
+        truncate(data)
+        return loaded
+
+    monkeypatch.setattr(arrays, "load_array", load_then_truncate)
+    args = ["fit", str(data), *SMALL, "--distortion", "bernoulli", "--steps", "4", "--quiet", "--out", str(tmp_path / "out")]
+    code, error = run(capsys, *args)
+    assert code == 2 and error.startswith(f"ipae: error: {data}: the file was written to after ipae checked it")
+    assert error.count("\n") == 1 and not (tmp_path / "out").exists()
+    record(
+        "bad input", "data file cut short before the bernoulli range check", tried=1, outcome="one line naming it, exit 2, nothing written"
+    )
+
+
+def test_a_large_fortran_ordered_file_is_refused_in_one_line(tmp_path, capsys, always_mapped):
+    data = tmp_path / "x.npy"
+    np.save(data, np.asfortranarray(np.random.default_rng(0).random((100, 3))))
+    code, error = run(capsys, "fit", str(data), *SMALL, "--steps", "4", "--quiet", "--out", str(tmp_path / "out"))
+    assert code == 2 and error.startswith(f"ipae: error: {data}: the array is in Fortran order") and error.count("\n") == 1
+    record("bad input", "large Fortran-ordered .npy", tried=1, outcome="one line naming it, exit 2")
+
+
+# resuming: the right run on the right data
+
+
+def test_a_fit_with_a_stopped_run_in_its_checkpoint_does_not_start_again(data, tmp_path, capsys):
+    out, checkpoint = tmp_path / "out", tmp_path / "out.checkpoint"
+    command = ["fit", str(data), *SMALL, "--steps", "12", "--checkpoint-every", "5", "--quiet", "--out", str(out)]
+    with after_step(7, kill):
+        assert main(command) == 130
+    state = (checkpoint / "training.json").read_text()
+    hint = f"continue it with `ipae fit --resume {checkpoint} --out {out}`"
+    assert main(["fit", str(data), *SMALL, "--steps", "4", "--quiet", "--out", str(tmp_path / "short")]) == 0
+    for again in (
+        command,
+        [*command[:-2], "--overwrite", "--out", str(out)],
+        ["fit", "--resume", str(tmp_path / "short"), "--out", str(out)],
+    ):
+        code, error = run(capsys, *again)
+        assert code == 2 and error.startswith(f"ipae: error: {checkpoint} holds a stopped run") and hint in error and error.count("\n") == 1
+        assert (checkpoint / "training.json").read_text() == state and not out.exists()
+    assert main(["fit", "--resume", str(checkpoint), "--quiet", "--out", str(out)]) == 0  # the command it names
+    record("bad input", "ipae fit again without --resume over a stopped run", tried=3, outcome="one line naming the resume command, exit 2")
+
+
+def test_resume_on_a_directory_of_another_kind_says_what_it_is(tmp_path, capsys):
+    from ipae import IPAE
+    from ipae.checkpoint import save_model
+
+    model = fitting.build_model(ModelSpec(hidden=(4,), n_components=2), (3,))
+    save_model(model, tmp_path / "plain")  # as `ipae toy` saves its model
+    IPAE(n_components=2, hidden=(4,), steps=2, batch_size=8, device="cpu").fit(np.ones((16, 3))).save(tmp_path / "estimator")
+    for name, kind in (("plain", "a model saved otherwise"), ("estimator", "a saved estimator")):
+        code, error = run(capsys, "fit", "--resume", str(tmp_path / name), "--out", str(tmp_path / "out"))
+        assert code == 2 and error == (
+            f"ipae: error: --resume {tmp_path / name}: not a run of `ipae fit` but {kind}"
+            + (" (by `ipae toy`, `ipae.save`, ...)" if name == "plain" else "")
+            + "; --resume continues a fit or its OUT.checkpoint\n"
+        )
+    record("bad input", "ipae fit --resume of a directory that is no fit", tried=2, outcome="one line saying what it is, exit 2")
+
+
+@pytest.mark.parametrize("read", ["loaded", "by rows"])
+def test_resuming_on_other_values_of_the_same_shape_is_refused(data, tmp_path, capsys, monkeypatch, read):
+    if read == "by rows":
+        monkeypatch.setattr(arrays, "MMAP_BYTES", 0)
+    out, checkpoint = tmp_path / "out", tmp_path / "out.checkpoint"
+    with after_step(7, kill):
+        assert main(["fit", str(data), *SMALL, "--steps", "12", "--checkpoint-every", "5", "--quiet", "--out", str(out)]) == 130
+    np.save(data, np.load(data)[::-1])  # the same rows in another order: the same size, shape and number of rows
+    code, error = run(capsys, "fit", "--resume", str(checkpoint), "--quiet", "--out", str(out))
+    assert (
+        code == 2
+        and error.startswith("ipae: error: cannot continue the run on other data: its 100 samples differ")
+        and error.count("\n") == 1
+    )
+    np.save(data, np.load(data)[::-1])  # the data it was trained on: it goes on
+    assert main(["fit", "--resume", str(checkpoint), "--quiet", "--out", str(out)]) == 0
+    record("bad input", "ipae fit --resume on other values of the same shape", tried=1, outcome="one line, exit 2", detail=read)
 
 
 # torch.compile

@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from ipae.checkpoint import load_state, read_metadata
+from ipae.checkpoint import load_state, read_metadata, save_state
+from ipae.data import arrays
 from ipae.data.toy import gaussian_grid
 from ipae.models import AutoEncoder
 from ipae.rates import InformationPotential, MonteCarlo, PriorKL
@@ -269,6 +270,17 @@ def test_a_memory_mapped_array_in_its_own_dtype_trains_as_the_tensor(toy_x, tmp_
     _assert_same_weights(_trained(data, _config()), _trained(toy_x, _config()))
 
 
+def test_a_memory_mapped_array_not_in_c_order_is_copied_up_to_mmap_bytes(toy_x, tmp_path, monkeypatch):
+    np.save(tmp_path / "x.npy", np.asfortranarray(toy_x.numpy()))
+    data = np.load(tmp_path / "x.npy", mmap_mode="r")
+    assert not data.flags.c_contiguous
+    monkeypatch.setattr(arrays, "MMAP_BYTES", data.nbytes)
+    _assert_same_weights(_trained(data, _config()), _trained(toy_x, _config()))
+    monkeypatch.setattr(arrays, "MMAP_BYTES", data.nbytes - 1)
+    with pytest.raises(ValueError, match=f"a memory-mapped array of {data.nbytes} bytes that is not C-ordered"):
+        train(_model(), data, _config())
+
+
 @pytest.mark.parametrize("where", ["memmap", "Dataset", "DataLoader", "list"])
 def test_a_non_finite_batch_is_refused(toy_x, tmp_path, where):
     x = toy_x.clone()
@@ -325,6 +337,67 @@ def test_a_one_shot_iterator_must_last_the_run(toy_x):
         train(_model(), [], _config(steps=5))
 
 
+# the schedule: the passes drawn as before, one at a time
+
+
+def _batch_indices_up_front(n: int, batch_size: int, steps: int, generator: torch.Generator) -> torch.Tensor:
+    """The schedule as train drew it whole before the first step (ipae 3366ffa): (steps, batch_size)."""
+    epochs = -(-steps * batch_size // n)
+    order = torch.cat([torch.randperm(n, generator=generator) for _ in range(epochs)])
+    return order[: steps * batch_size].view(steps, batch_size)
+
+
+@pytest.mark.parametrize("n, batch_size, steps", [(200, 48, 12), (10, 3, 40), (7, 7, 5), (1, 1, 4), (100, 32, 50), (1000, 512, 9)])
+def test_the_schedule_is_the_one_drawn_up_front_before(n, batch_size, steps):
+    expected = _batch_indices_up_front(n, batch_size, steps, torch.Generator().manual_seed(5))
+    schedule = train_module._Schedule(n, batch_size, 5, CPU)
+    assert torch.equal(torch.stack([schedule(step) for step in range(steps)]), expected)
+    for step in np.random.default_rng(n).permutation(steps).tolist():  # as a resumed run asks: ahead, then behind
+        assert torch.equal(schedule(step), expected[step]), step
+
+
+class _UpFront:
+    """The schedule drawn whole before the first step, as train did: to compare the weights it gives."""
+
+    steps = None
+
+    def __init__(self, n: int, batch_size: int, seed: int, device: torch.device) -> None:
+        self.indices = _batch_indices_up_front(n, batch_size, self.steps, torch.Generator().manual_seed(seed)).to(device)
+
+    def __call__(self, step: int) -> torch.Tensor:
+        return self.indices[step]
+
+
+@pytest.mark.parametrize("source", ["tensor", "memory-mapped .npy", "Dataset"])
+def test_training_gives_the_weights_of_the_schedule_drawn_up_front(toy_x, tmp_path, monkeypatch, source):
+    config = _config(steps=23, batch_size=48, seed=4)  # 200 samples: 5 passes and a half
+    np.save(tmp_path / "x.npy", toy_x.numpy())
+    data = {"tensor": toy_x, "memory-mapped .npy": np.load(tmp_path / "x.npy", mmap_mode="r"), "Dataset": Pairs(toy_x)}[source]
+    lazy, pieces = _model(), _model()
+    train(lazy, data, config)
+    train(pieces, data, config, resume=train(pieces, data, config, stop_at=9).state)  # resumed in the third pass
+    monkeypatch.setattr(_UpFront, "steps", config.steps)
+    monkeypatch.setattr(train_module, "_Schedule", _UpFront)
+    _assert_same_weights(_weights(lazy), _trained(data, config))
+    _assert_same_weights(_weights(pieces), _trained(data, config))
+
+
+def test_a_step_near_ten_million_is_found_without_building_the_schedule():
+    """Drawn up front, the schedule of 10^7 steps of 4 would be 320 MB; found lazily, no allocation is
+    larger than a pass (8 bytes a sample), so memory does not grow with the steps."""
+    n, batch_size, step = 1 << 18, 4, 10**7 - 1  # the step is in pass 152
+    schedule = train_module._Schedule(n, batch_size, 0, CPU)
+    with torch.autograd.profiler.profile(profile_memory=True, use_kineto=False) as profile:  # kineto takes seconds to start
+        found = schedule(step)
+    largest = max(event.cpu_memory_usage for event in profile.function_events)
+    assert 8 * n <= largest <= 2 * 8 * n  # a pass is seen (the profiler counts allocations), and nothing larger
+    passes, offset = divmod(step * batch_size, n)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(passes + 1):  # the passes up to the step's, drawn as the whole schedule drew them
+        order = torch.randperm(n, generator=generator)
+    assert torch.equal(found, order[offset : offset + batch_size])
+
+
 # checkpoints
 
 
@@ -352,6 +425,48 @@ def test_checkpoints_hold_the_last_multiple_and_resume_into_a_fresh_model_exactl
     result = train(fresh, toy_x, config, resume=checkpoint)
     _assert_same_weights(_weights(fresh), _weights(whole))
     np.testing.assert_array_equal(result.loss, expected.loss)
+
+
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        ({"config": {"lr": 2e-3}}, "other settings: lr 0.001 then, 0.002 now"),
+        ({"data": "reversed"}, "on other data: its 200 samples differ"),
+        ({"config": {"seed": 1}}, "other settings: seed 0 then, 1 now"),
+    ],
+)
+def test_a_refused_continuation_leaves_the_model_as_it_was(toy_x, tmp_path, change, fragment):
+    train(_model(), toy_x, _config(checkpoint_every=10), checkpoint_dir=tmp_path / "run", stop_at=15)
+    model = _model(seed=3)
+    before = _weights(model)
+    data = toy_x.flip(0) if change.get("data") == "reversed" else toy_x
+    config = _config(checkpoint_every=10, **change.get("config", {}))
+    with pytest.raises(ValueError, match=fragment):
+        train(model, data, config, resume=tmp_path / "run")
+    _assert_same_weights(_weights(model), before)
+
+
+def test_a_continuation_on_other_data_is_refused_for_every_fingerprinted_source(toy_x, tmp_path):
+    first = train(_model(), toy_x, _config(), stop_at=10)
+    assert first.state.settings["data_sha256"] == train_module._fingerprint(toy_x)
+    other = toy_x.clone()
+    other[17, 1] += 1e-3  # one value of 400
+    np.save(tmp_path / "other.npy", other.numpy())
+    for data in (other, other.numpy(), np.load(tmp_path / "other.npy", mmap_mode="r")):
+        with pytest.raises(ValueError, match="on other data"):
+            train(_model(), data, _config(), resume=first.state)
+
+
+def test_a_state_saved_before_fingerprints_continues(toy_x, tmp_path):
+    """Checkpoints written before the data were fingerprinted go on (unchecked), as they did."""
+    whole = _model()
+    train(whole, toy_x, _config())
+    pieces = _model()
+    state = train(pieces, toy_x, _config(), stop_at=10).state
+    del state.settings["data_sha256"]
+    save_state(state, tmp_path)
+    train(pieces, toy_x, _config(), resume=load_state(tmp_path))
+    _assert_same_weights(_weights(pieces), _weights(whole))
 
 
 def test_without_checkpoint_every_nothing_is_written(toy_x, tmp_path):

@@ -176,7 +176,7 @@ def load_model(
     dtypes = {tensor.dtype for tensor in weights.values() if tensor.is_floating_point()}
     if len(dtypes) == 1:
         model.to(dtypes.pop())  # a float64 model loads as float64
-    _copy_weights(model, weights)
+    load_weights(model, weights)
     return model.eval()
 
 
@@ -205,7 +205,8 @@ def _check_weights(model: AutoEncoder, directory: Path, weights: dict[str, torch
             raise ValueError(f"{path}: {name!r} holds NaN or infinite values")
 
 
-def _copy_weights(model: AutoEncoder, weights: dict[str, torch.Tensor]) -> None:
+def load_weights(model: AutoEncoder, weights: dict[str, torch.Tensor]) -> None:
+    """Copy `weights` (from `read_model_weights`) into `model`."""
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
             tensor.copy_(weights[name])
@@ -213,13 +214,19 @@ def _copy_weights(model: AutoEncoder, weights: dict[str, torch.Tensor]) -> None:
 
 def load_model_weights(model: AutoEncoder, directory: str | Path) -> None:
     """Load the weights saved in `directory` into `model`, which must be the same model (to continue a run)."""
+    load_weights(model, read_model_weights(model, directory))
+
+
+def read_model_weights(model: AutoEncoder, directory: str | Path) -> dict[str, torch.Tensor]:
+    """The weights saved in `directory`, checked to fit `model` (the same model), which is left as it is:
+    a caller can check the rest of its input before it changes the model."""
     directory = Path(directory)
     saved = _read_record(directory).get("model")
     if saved != json.loads(json.dumps(model_record(model))):  # as model.json holds it: tuples read as lists
         raise ValueError(f"{directory}: holds another model ({saved}) than the one to continue ({model_record(model)})")
     weights = _load_tensors(directory / "model.safetensors")
     _check_weights(model, directory, weights)
-    _copy_weights(model, weights)
+    return weights
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:

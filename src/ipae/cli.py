@@ -251,6 +251,7 @@ def _mnist(args) -> int:
 
 
 def _fit(args, given: dict) -> int:
+    from ipae.checkpoint import has_state
     from ipae.data.arrays import load_array
     from ipae.distributed import world_size
     from ipae.fitting import fit, from_options, merged_options, save_fit
@@ -262,6 +263,12 @@ def _fit(args, given: dict) -> int:
     spec, config = from_options(options)
     if args.out.exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} already exists; choose another --out or pass --overwrite")
+    checkpoint = args.out.with_name(args.out.name + ".checkpoint")
+    if has_state(checkpoint) and not (args.resume is not None and checkpoint.resolve() == args.resume.resolve()):
+        raise FileExistsError(  # a new run would replace it, or remove it when it ends
+            f"{checkpoint} holds a stopped run of this fit; continue it with `ipae fit --resume {checkpoint} --out {args.out}`, "
+            f"or remove {checkpoint} to start again"
+        )
     device = _training_device(args.device)
     x = load_array(options["data"], key=options.get("key"), max_ndim=4, mmap=True)
     share, note = len(x) // world_size(), None  # the samples of each process
@@ -271,7 +278,6 @@ def _fit(args, given: dict) -> int:
         options["batch_size"] = share
         config = replace(config, batch_size=share)
     config = TrainConfig(**{**config.to_dict(), "device": str(device), "progress": False if args.quiet else None})
-    checkpoint = args.out.with_name(args.out.name + ".checkpoint")
     tensorboard = tensorboard_writer(args.tensorboard if is_main_process() else None)  # the last check: it creates its directory
     with _output_directory(args) as out, json_lines(out / "metrics.jsonl", args.log if is_main_process() else None) as log:
 

@@ -83,15 +83,16 @@ def fit(
     metadata: dict | None = None,
     on_log: Callable[[dict], None] | None = None,
 ) -> tuple[AutoEncoder, TrainResult]:
-    """Build the model of `spec` (weights from `seed`) and train it on `data` (N, ...), an array or
-    tensor (a memory-mapped array is read batch by batch).
+    """Build the model of `spec` (weights from `seed`) and train it on `data` (N, ...), an array, a
+    tensor or a `RowReader` of a file (what `load_array(..., mmap=True)` gives for a large .npy: read
+    batch by batch).
 
     `resume`: a model directory with a training state (a checkpoint, or a finished fit) to continue from.
     `checkpoint_dir`, `metadata` and `on_log` are `train`'s.
     """
     if data.ndim < 2 or len(data) == 0:
         raise ValueError(f"data must be a non-empty array (N, ...) of samples, got shape {tuple(data.shape)}")
-    if spec.distortion == "bernoulli":  # a memmap too: `ipae fit` passes every .npy memory-mapped
+    if spec.distortion == "bernoulli":  # a RowReader too, a chunk at a time
         low, high = value_range(data.numpy() if isinstance(data, torch.Tensor) else data)
         if low < 0 or high > 1:
             raise ValueError(f"the bernoulli distortion needs data in [0, 1]; got values in [{low:g}, {high:g}]")
@@ -212,7 +213,11 @@ def merged_options(given: dict, *, resume: str | Path | None = None, config: str
     in `config` or in the run's record is under that file's directory, see `read_options`)."""
     options = {}
     if resume is not None:
-        recorded = read_metadata(resume).get("fit", {})
+        metadata = read_metadata(resume)
+        if "fit" not in metadata:
+            kind = "a saved estimator" if "estimator" in metadata else "a model saved otherwise (by `ipae toy`, `ipae.save`, ...)"
+            raise ValueError(f"--resume {resume}: not a run of `ipae fit` but {kind}; --resume continues a fit or its OUT.checkpoint")
+        recorded = metadata["fit"]
         if not isinstance(recorded, dict):
             raise ValueError(f"{Path(resume) / 'model.json'}: the recorded fit options are not a table, got {_short_repr(recorded)}")
         options |= _checked_options(recorded, Path(resume) / "model.json", "is not an option of a fit")

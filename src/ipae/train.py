@@ -1,7 +1,7 @@
 """The one training path: Adam on an `AutoEncoder`'s objective, from any data source.
 
 `train(model, data, TrainConfig(...))` owns everything around the objective: batches (from a tensor,
-an array, a memory-mapped .npy, a Dataset, a DataLoader or any iterable of batches), the noise,
+an array, a file read by rows, a Dataset, a DataLoader or any iterable of batches), the noise,
 precision and torch.compile, distributed training (rank slices and the all-gather of the codes that
 the global-batch rate needs), the divergence check, logging, a progress bar, and checkpoints every N
 steps with an exact resume.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
 import sys
 import time
 import warnings
@@ -27,8 +28,9 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, default_colla
 from tqdm.auto import tqdm
 
 import ipae.distributed as distributed
-from ipae.checkpoint import TrainState, load_model_weights, load_state, save_model
-from ipae.data.arrays import RowReader, release
+from ipae.checkpoint import TrainState, load_state, load_weights, read_model_weights, save_model
+from ipae.data import arrays
+from ipae.data.arrays import RowReader
 from ipae.models import AutoEncoder
 from ipae.results import staged_directory
 
@@ -189,18 +191,42 @@ def _check_finite(x: Tensor, where: str) -> None:
         raise ValueError(f"{where} contains NaN or infinite values")
 
 
-def _batch_indices(n: int, batch_size: int, steps: int, generator: torch.Generator) -> Tensor:
-    """(steps, batch_size) sample indices: shuffled passes over the data, concatenated, so that every
-    sample is used equally often. Drawn once, before the loop."""
-    epochs = -(-steps * batch_size // n)
-    order = torch.cat([torch.randperm(n, generator=generator) for _ in range(epochs)])
-    return order[: steps * batch_size].view(steps, batch_size)
+class _Schedule:
+    """The sample indices of every step: shuffled passes over the N samples, one after another, so that
+    every sample is used equally often; a batch that ends a pass is completed from the next. Pass p is
+    the (p + 1)-th `torch.randperm(N)` of a CPU generator seeded with `seed`, and the passes are drawn
+    as the steps reach them: only the pass in use is held (N indices, on `device`), never the steps x
+    batch of the whole schedule. A step ahead of the pass in use draws the passes up to its own (as
+    drawing the whole schedule did), one behind starts again from the seed."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, device: torch.device) -> None:
+        if not 1 <= batch_size <= n:  # a batch spans two passes at most
+            raise ValueError(f"a batch of {batch_size} cannot be drawn from {n} samples")
+        self.n, self.batch_size, self.seed, self.device = n, batch_size, seed, device
+        self.generator, self.drawn, self.order = None, -1, None  # the pass `drawn` is `order`
+
+    def _pass(self, number: int) -> Tensor:  # (N,)
+        if self.generator is None or number < self.drawn:
+            self.generator, self.drawn = torch.Generator().manual_seed(self.seed), -1
+        while self.drawn < number:
+            self.order = torch.randperm(self.n, generator=self.generator).to(self.device)
+            self.drawn += 1
+        return self.order
+
+    def __call__(self, step: int) -> Tensor:
+        """The indices of step `step` (batch_size,)."""
+        number, offset = divmod(step * self.batch_size, self.n)  # Python ints: no overflow at any step
+        head = self._pass(number)[offset : offset + self.batch_size]
+        if len(head) == self.batch_size:
+            return head
+        return torch.cat([head, self._pass(number + 1)[: self.batch_size - len(head)]])
 
 
 class _Indexed:
-    """A source of known size N: a tensor or array (on the device), a memory-mapped array or a
-    map-style Dataset (read batch by batch). Steps index a fixed schedule of shuffled passes, so
-    resuming at step s costs nothing."""
+    """A source of known size N: a tensor or array (on the device), a file read by a `RowReader` (a
+    memory-mapped array is read from its file so too) or a map-style Dataset (read batch by batch).
+    Steps index a fixed schedule of shuffled passes, so resuming at step s costs no more than the
+    schedule up to s."""
 
     def __init__(self, data, config: TrainConfig, device: torch.device, dtype: torch.dtype) -> None:
         processes, rank = distributed.world_size(), distributed.rank()
@@ -211,24 +237,50 @@ class _Indexed:
         if self.local_batch < 1:
             raise ValueError(f"{n} samples cannot be shared among {processes} processes")
         self.global_batch = self.local_batch * processes
-        self.settings = {"n_data": n, "batch_size": self.global_batch}
-        indices = _batch_indices(n, self.global_batch, config.steps, torch.Generator().manual_seed(config.seed))
-        self.indices = indices[:, rank * self.local_batch : (rank + 1) * self.local_batch].contiguous()  # (steps, local batch)
+        self.share = slice(rank * self.local_batch, (rank + 1) * self.local_batch)  # of each global batch
         self.device, self.dtype = device, dtype
-        if isinstance(data, np.memmap):  # checked batch by batch: a whole pass would read a file larger than RAM
-            self.read = functools.partial(_memmap_rows, RowReader(data) if data.flags.c_contiguous else data)
+        if isinstance(data, np.memmap):
+            data = _unmapped(data)
+        schedule_device = torch.device("cpu")
+        if isinstance(data, RowReader):  # checked batch by batch: a whole pass would read a file larger than RAM
+            data.check()  # still the file that was checked, before the first step
+            self.read, digest = functools.partial(_file_rows, data), data.fingerprint()
         elif isinstance(data, (Tensor, np.ndarray)):
             tensor = torch.from_numpy(_torch_array(data)) if isinstance(data, np.ndarray) else data
             _check_array(tensor)
+            digest = _fingerprint(tensor)
             tensor = tensor.to(device=device, dtype=dtype)
-            self.indices = self.indices.to(device)
+            schedule_device = device
             self.read = lambda index: tensor.index_select(0, index)
         else:  # a map-style Dataset
-            self.read = functools.partial(_dataset_rows, data)
+            self.read, digest = functools.partial(_dataset_rows, data), None
+        self.schedule = _Schedule(n, self.global_batch, config.seed, schedule_device)
+        self.settings = {"n_data": n, "batch_size": self.global_batch, "data_sha256": digest}
 
     def batches(self, first: int, end: int) -> Iterator[Tensor]:
         for step in range(first, end):
-            yield self.read(self.indices[step]).to(device=self.device, dtype=self.dtype, non_blocking=True)
+            yield self.read(self.schedule(step)[self.share]).to(device=self.device, dtype=self.dtype, non_blocking=True)
+
+
+def _unmapped(array: np.memmap) -> RowReader | np.ndarray:
+    """A memory-mapped array as train reads it: a C-ordered one from its file (`RowReader`), another one
+    copied into memory when it is no larger than MMAP_BYTES (its rows are scattered through the file)."""
+    if array.flags.c_contiguous and array.filename is not None:
+        return RowReader.from_memmap(array)
+    if array.nbytes > arrays.MMAP_BYTES:
+        raise ValueError(
+            f"a memory-mapped array of {array.nbytes} bytes that is not C-ordered: its rows are scattered through the file, "
+            f"and it is larger than {arrays.MMAP_BYTES} bytes to copy into memory; save it in C order (np.ascontiguousarray)"
+        )
+    return np.array(array)
+
+
+def _fingerprint(tensor: Tensor) -> str:
+    """A SHA-256 of a tensor's dtype, shape and values, a chunk of rows at a time (from a GPU, a chunk at a time)."""
+    digest = hashlib.sha256(f"{tensor.dtype} {tuple(tensor.shape)}".encode())
+    for chunk in tensor.split(max(1, arrays.CHUNK_BYTES // max(1, tensor[0].nbytes))):
+        digest.update(chunk.detach().contiguous().view(torch.uint8).cpu().numpy())  # (rows, ..., bytes of a row's last axis)
+    return digest.hexdigest()
 
 
 def _check_array(data: Tensor) -> None:
@@ -252,14 +304,9 @@ def _torch_array(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _memmap_rows(data: RowReader | np.memmap, index: Tensor) -> Tensor:
-    """The rows of a memory-mapped array: read from its file (`RowReader`), or for an array that is not
-    C-contiguous taken from the mapping, whose pages are then dropped from this process."""
-    if isinstance(data, RowReader):
-        rows = torch.from_numpy(data(index.numpy()))
-    else:
-        rows = torch.from_numpy(np.take(data, index.numpy(), axis=0))
-        release(data)
+def _file_rows(reader: RowReader, index: Tensor) -> Tensor:
+    """The rows `index` of a file, read from it (`RowReader`: a file changed since it was checked is a ValueError)."""
+    rows = torch.from_numpy(reader(index.numpy()))
     _check_finite(rows, "a batch of the data")
     return rows
 
@@ -313,11 +360,13 @@ class _Stream:
 
 
 def _source(data, config: TrainConfig, device: torch.device, dtype: torch.dtype):
-    if isinstance(data, (Tensor, np.ndarray)) or (isinstance(data, Dataset) and not isinstance(data, IterableDataset)):
+    if isinstance(data, (Tensor, np.ndarray, RowReader)) or (isinstance(data, Dataset) and not isinstance(data, IterableDataset)):
         return _Indexed(data, config, device, dtype)
     if isinstance(data, (DataLoader, Iterable)) and not isinstance(data, (str, bytes)):
         return _Stream(data, device, dtype)
-    raise ValueError(f"data must be a tensor, an array, a Dataset, a DataLoader or an iterable of batches, got {type(data).__name__}")
+    raise ValueError(
+        f"data must be a tensor, an array, a RowReader, a Dataset, a DataLoader or an iterable of batches, got {type(data).__name__}"
+    )
 
 
 def train(
@@ -333,7 +382,8 @@ def train(
 ) -> TrainResult:
     """Train `model` in place with Adam on `data`; returns the per-step history.
 
-    `data`: a tensor or array (N, ...) (a memory-mapped array is read batch by batch), a map-style
+    `data`: a tensor or array (N, ...), a `RowReader` of a file or a memory-mapped array (read batch by
+    batch from its file; one not in C order is copied into memory, up to MMAP_BYTES), a map-style
     `Dataset`, a `DataLoader`, or any iterable of batches; a batch that is `(x, y)` trains on x.
     Sources of known size follow a fixed schedule of shuffled passes drawn from `config.seed`; a
     DataLoader or iterable gives its own batches and is iterated again at its end.
@@ -350,39 +400,37 @@ def train(
     Continuing: `resume` (a result's `.state`, with the model as it was then; or a checkpoint directory,
     whose weights are loaded into `model`) goes on from its step; `stop_at` ends after that many steps
     of the schedule. Run in pieces, training gives the same weights as in one piece (bit for bit on the CPU).
+    A continuation must have the run's settings and, from a tensor, array or file, its data (a SHA-256
+    of which the state records); the call is checked whole before the model changes.
     """
     if not isinstance(model, AutoEncoder):
         raise ValueError(f"model must be an ipae.AutoEncoder, got {type(model).__name__}")
+    weights = None  # the call is checked whole before the model changes: a refused call leaves it as it was
     if isinstance(resume, (str, Path)):
-        load_model_weights(model, resume)
-        resume = load_state(resume)
+        weights, resume = read_model_weights(model, resume), load_state(resume)
     processes, rank = distributed.world_size(), distributed.rank()
     if config.compile and processes > 1:
         raise ValueError("compile=True is not supported under torch.distributed; train without it")
     first, end = (0 if resume is None else resume.step), (config.steps if stop_at is None else stop_at)
     if not first < end <= config.steps:
         raise ValueError(f"nothing to train: steps {first}..{end} of a {config.steps}-step schedule")
-    if config.device is not None:
-        model.to(resolve_device(config.device))
     parameter = next(model.parameters())
-    device, dtype = parameter.device, parameter.dtype
+    device = parameter.device if config.device is None else resolve_device(config.device)
+    dtype = parameter.dtype
     precision = resolve_precision(config.precision, device)
     source = _source(data, config, device, dtype)
     settings = {**source.settings, "lr": config.lr, "n_samples": config.n_samples, "seed": config.seed, "precision": precision}
-    if resume is not None and resume.settings != settings:
-        differing = ", ".join(
-            f"{key} {resume.settings.get(key)!r} then, {value!r} now"
-            for key, value in settings.items()
-            if resume.settings.get(key) != value
-        )
-        raise ValueError(f"cannot continue the run with other settings: {differing}")
-
+    if resume is not None:
+        _check_continuation(resume.settings, settings)
     if checkpoint_dir is not None and config.checkpoint_every is not None:
         target = Path(checkpoint_dir)
         if target.exists() and not (target / "model.json").is_file() and (not target.is_dir() or any(target.iterdir())):
             raise ValueError(
                 f"{target}: exists and is not a model directory; checkpoints replace it, so name a new or a checkpoint directory"
             )
+    model.to(device)
+    if weights is not None:
+        load_weights(model, weights)
     step_model = model if processes == 1 else DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     objective = torch.compile(model.objective, dynamic=False) if config.compile else step_model
     gather = distributed.gather_batch if processes > 1 else None
@@ -451,6 +499,23 @@ def train(
         torch.cuda.synchronize(device)
     state = TrainState(end, settings, _detached(optimizer.state_dict()), generator.get_state(), history.cpu())
     return _result(history, time.perf_counter() - start, state)
+
+
+def _check_continuation(then: dict, now: dict) -> None:
+    """ValueError unless a run trained with settings `then` may go on with settings `now`. The data's
+    fingerprint is compared where both runs have one: a state saved before fingerprints were recorded,
+    or a run on a Dataset or a stream (not fingerprinted: that would take a pass over it), goes on."""
+    fingerprinted = then.get("data_sha256") is not None and now.get("data_sha256") is not None
+    if fingerprinted and then["data_sha256"] != now["data_sha256"]:
+        raise ValueError(
+            f"cannot continue the run on other data: its {now['n_data']} samples differ from those it was trained on "
+            f"(SHA-256 {then['data_sha256'][:12]}... then, {now['data_sha256'][:12]}... now)"
+        )
+    differing = ", ".join(
+        f"{key} {then.get(key)!r} then, {value!r} now" for key, value in now.items() if key != "data_sha256" and then.get(key) != value
+    )
+    if differing:
+        raise ValueError(f"cannot continue the run with other settings: {differing}")
 
 
 @torch.no_grad()
