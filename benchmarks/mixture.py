@@ -16,8 +16,8 @@ for Bhattacharyya one log per pair and dimension, each computed out of place bet
 the new code uses, so that the floor pays no memory traffic (and, where N x N fits in --floor-memory, the
 N^2 exps in place on the whole matrix, as a second, memory-bound floor). The table shows each one's
 fastest round, the ratios, and the relative difference between the two codes' values. Then `estimates`,
-the per-run diagnostic (N = 5000, 16 draws, float64), old and new. --write puts it in
-docs/estimators_benchmark.md.
+the per-run diagnostic (N = 5000, 16 draws, float64), old and new. --write puts the known answers and
+this table in docs/estimators_benchmark.md (or in the FILE it names), the CPU and its capability named.
 """
 
 from __future__ import annotations
@@ -235,9 +235,12 @@ def run_comparison(args: argparse.Namespace) -> None:
     )
     print(text)
     if args.write:
-        document = "# Estimators of I(x; z): the new code against the old\n\n" + text + f"\n{provenance(rows)}\n"
-        write_atomic(DOC, lambda tmp: tmp.write_text(document))
-        print(f"-> {DOC}", file=sys.stderr)
+        answers = known_answers()
+        document = "# Estimators of I(x; z): known answers, and the new code against the old\n\n"
+        document += "## Known answers (nats; MC with 16 draws per component)\n\n" + markdown_table(answers, list(answers[0]))
+        document += f"\n## Speed: N = {args.n}, D = {args.dim}\n\n" + text + f"\n{provenance(rows)}\n"
+        write_atomic(args.write, lambda tmp: tmp.write_text(document))
+        print(f"-> {args.write}", file=sys.stderr)
 
 
 def main() -> None:
@@ -250,8 +253,10 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=1, help="Monte Carlo draws per code against the baseline")
     parser.add_argument("--dtypes", default="float32,float64", help="precisions against the baseline, comma-separated")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
-    parser.add_argument("--floor-memory", type=float, default=4.0, help="GiB up to which the N x N in-memory exp floor runs")
-    parser.add_argument("--write", action="store_true", help=f"write the comparison to {DOC.relative_to(ROOT)}")
+    parser.add_argument("--floor-memory", type=float, default=2.0, help="GiB up to which the N x N in-memory exp floor runs")
+    parser.add_argument(
+        "--write", nargs="?", type=Path, const=DOC, metavar="FILE", help=f"write the comparison there (default {DOC.relative_to(ROOT)})"
+    )
     args = parser.parse_args()
     if args.baseline:
         args.n = args.n or 20_000
