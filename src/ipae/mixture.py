@@ -166,8 +166,8 @@ def _log_sum_of_others(z: Tensor, own: Tensor, mu: Tensor, logvar: Tensor, chunk
 
 
 # Without a graph to record, the pairwise terms of a tile of rows x chunk_size partners are written into one
-# buffer that stays in the cache, exponentiated in place and summed into their rows: each term is written once
-# and read twice while it is in the cache, where the block code above makes several N x chunk_size temporaries.
+# buffer that stays in the cache, exponentiated in place and summed into their rows: each term is written and read
+# a few times while it is in the cache, where the block code above makes several chunk_size^2 temporaries.
 # For KL and Monte Carlo the tile is one matmul of augmented features (K = 2 D + 2), so a pair costs a row of
 # that matmul, one exp and one add. With a graph to record, the block code runs: autograd keeps its blocks.
 
@@ -177,15 +177,14 @@ def _recording(*tensors: Tensor) -> bool:
 
 
 def _tile_rows(chunk_size: int, dtype: torch.dtype) -> int:
-    """Rows of a tile of chunk_size partners: chunk_size^2 bytes, 1 MiB for the default, about an L2 cache (larger
-    tiles were no faster on a 2-core AMD EPYC, smaller ones up to 1.5 times slower)."""
+    """Rows of a tile of chunk_size partners: chunk_size^2 bytes, 1 MiB for the default, about an L2 cache."""
     return max(1, chunk_size // (torch.finfo(dtype).bits // 8))
 
 
 def _smallest_exponent(dtype: torch.dtype) -> float:
-    """The floor of the exponents: exps that land at or below the smallest normal number cost 10 to 100 times more
-    (x86, float32 and float64), so they are raised to e times it, which adds at most N e tiny to a row's sum; a sum
-    is kept only where that is below its rounding error (`_log_sum_exp_rows`)."""
+    """The floor of the exponents: exps that land at or below the smallest normal number take a slow path (x86,
+    float32 and float64), so they are raised to e times it, which adds at most N e tiny to a row's sum; a sum is
+    kept only where that is below its rounding error (`_log_sum_exp_rows`)."""
     return math.log(torch.finfo(dtype).tiny) + 1
 
 
@@ -200,7 +199,7 @@ def _own_positions(own: Tensor, chunk_size: int) -> dict[int, tuple[Tensor, Tens
 
 
 def _tile_pass(
-    state, fill, own: Tensor | None, n_columns: int, chunk_size: int, buffer: Tensor, *, maximum: bool = False, shift=None
+    state, fill, own: Tensor | None, n_columns: int, chunk_size: int, buffer: Tensor, *, maximum: bool = False, shift: Tensor | None = None
 ) -> Tensor:
     """sum_j exp(x_ij - shift_i), or max_j x_ij, over the partner blocks of one tile of rows, the entries (i, own_i)
     left out: -> (I,)."""
