@@ -181,7 +181,7 @@ def compare(baseline, n: int, dim: int, dtype: torch.dtype, n_samples: int, repe
             "old / new": old / new,
             "new / floor": new / floor,
             "new / N x N exps in memory": None,
-            "relative difference": abs(values[method, "new"] - values[method, "old"]) / abs(values[method, "old"]),
+            "relative difference": abs(values[method, "new"] - values[method, "old"]) / max(abs(values[method, "old"]), 1e-300),
         }
         if in_memory and method != "bhattacharyya":
             row["new / N x N exps in memory"] = new / (best["exp", "memory"] * (draws or 1))
@@ -201,7 +201,7 @@ def compare_diagnostic(baseline, repeats: int, n: int = 5000, dim: int = 16, n_s
                 lambda module=module: module.estimates(mu, logvar, generator=torch.Generator().manual_seed(2), n_samples=n_samples)
             )
             best[code] = min(seconds, best.get(code, math.inf))
-    difference = max(abs(found["new"][key] - found["old"][key]) / abs(found["old"][key]) for key in found["old"])
+    difference = max(abs(found["new"][key] - found["old"][key]) / max(abs(found["old"][key]), 1e-300) for key in found["old"])
     return {
         "method": "estimates (all five)",
         "N": n,
