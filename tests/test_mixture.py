@@ -252,3 +252,153 @@ def test_estimates_share_one_draw_between_mc_and_loo_and_match_the_loops():
     for method in ("mc", "loo", *DETERMINISTIC):
         assert found[method] == pytest.approx(_reference(method, mu, logvar, eps), rel=1e-10), method
     assert found["mc"] <= math.log(6) and found["loo"] > found["mc"]  # own component kept / left out
+
+
+# The code without a graph (tiles in the cache, `ipae.mixture._log_sum_exp_rows`) against the block code that autograd
+# runs (the code of 3366ffa, unchanged) and against loops. Inputs that require grad take the block code.
+FAST = ("pairwise-kl", "bhattacharyya", "mc", "loo")
+
+
+def _block_code(method, mu, logvar, eps, chunk_size):
+    return METHODS[method](mu.detach().clone().requires_grad_(), logvar, eps, chunk_size).detach()
+
+
+def _shapes():
+    far = 1000.0 * torch.arange(30, dtype=F64)[:, None].repeat(1, 2)
+    same = torch.full((30, 2), -7.5, dtype=F64)
+    mu, logvar = _gaussians(101, 5, seed=31, scale=2.0)
+    one, one_logvar = _gaussians(64, 1, seed=32)
+    offset, offset_logvar = _gaussians(80, 3, seed=33, scale=0.5)
+    return {
+        "N = 101 in tiles that do not divide it": (mu, logvar),
+        "D = 1": (one, one_logvar),
+        "identical points": (same, torch.zeros_like(same)),
+        "far-apart points": (far, torch.zeros_like(far)),
+        "means that share a large offset": (offset + 1e4, offset_logvar),
+    }
+
+
+@pytest.mark.parametrize("chunk_size", [3, 40, 100, 1024])  # tiles of 1, 5, 12, 128 rows in float64
+@pytest.mark.parametrize("case", list(_shapes()))
+@pytest.mark.parametrize("method", FAST)
+def test_the_tiles_give_the_values_of_the_block_code(method, case, chunk_size):
+    mu, logvar = _shapes()[case]
+    eps = draw_mc_noise(mu, 3, torch.Generator().manual_seed(34)) if method in ("mc", "loo") else None
+    fast = METHODS[method](mu, logvar, eps, chunk_size)
+    assert not fast.requires_grad
+    expected = float(_block_code(method, mu, logvar, eps, chunk_size))
+    assert float(fast) == pytest.approx(expected, rel=1e-6, abs=1e-12)
+    if len(mu) <= 30 or chunk_size == 40:  # and against the loops, where they are quick
+        loops = _stable_reference(method, mu, logvar, eps) if eps is not None else _reference(method, mu, logvar)
+        assert float(fast) == pytest.approx(loops, rel=1e-9, abs=1e-12)
+
+
+def _log_sum_exp(values) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values)) if top > -math.inf else -math.inf
+
+
+def _log_others_loops(mu, logvar, eps) -> list[float]:
+    """log sum_{j != i} p_j(z_ik) in the order of `_log_ratios`, by loops with a stable log-sum-exp."""
+    m, lv, n = mu.tolist(), logvar.tolist(), len(mu)
+    found = []
+    for k in range(eps.shape[0]):
+        for i in range(n):
+            z = [m[i][d] + math.exp(0.5 * lv[i][d]) * float(eps[k, i, d]) for d in range(len(m[i]))]
+            found.append(_log_sum_exp([_log_normal(z, m[j], lv[j]) for j in range(n) if j != i]))
+    return found
+
+
+def _stable_reference(method, mu, logvar, eps) -> float:
+    """ "mc" or "loo" by loops, with the log-sum-exp of `_log_others_loops` (far-apart points underflow `_reference`)."""
+    m, lv, n = mu.tolist(), logvar.tolist(), len(mu)
+    total = 0.0
+    for row, others in enumerate(_log_others_loops(mu, logvar, eps)):
+        k, i = divmod(row, n)
+        own = _log_normal([m[i][d] + math.exp(0.5 * lv[i][d]) * float(eps[k, i, d]) for d in range(len(m[i]))], m[i], lv[i])
+        total += own - (_log_sum_exp([others, own]) - math.log(n) if method == "mc" else others - math.log(n - 1))
+    return total / (n * eps.shape[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_rows_whose_sums_overflow_or_underflow_are_redone_exactly(dtype):
+    from ipae.mixture import _log_ratios
+
+    # a needle: component 1 sits on component 0's mean with a variance so small that p_1(mu_0) / p_0(mu_0) is
+    # e^750 (beyond float64) or e^90 (beyond float32); component 2 lies 10^4 sigma away, so its partners'
+    # densities at its draws are below every float; component 3 is ordinary. D = 3.
+    needle = 500.0 if dtype == F64 else 60.0
+    mu = torch.tensor([[0.0], [0.0], [1e4], [0.5]], dtype=F64).repeat(1, 3)
+    logvar = torch.tensor([[0.0], [-needle], [0.0], [0.3]], dtype=F64).repeat(1, 3)
+    eps = torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(42), dtype=F64)
+    eps[:, 0] = 0.0  # component 0's draws on its mean, where the needle is
+    log_own, log_others = _log_ratios(mu.to(dtype), logvar.to(dtype), eps.to(dtype), 2)
+    expected = torch.tensor(_log_others_loops(mu, logvar, eps), dtype=F64)
+    assert log_others.dtype == dtype and torch.isfinite(log_others).all()
+    torch.testing.assert_close(log_others.double(), expected, rtol=1e-5 if dtype == torch.float32 else 1e-9, atol=0)
+    # the same with one component: no partner at all, log 0 = -inf, and "mc" of one point is 0
+    _, alone = _log_ratios(mu[:1].to(dtype), logvar[:1].to(dtype), eps[:, :1].to(dtype), 2)
+    assert torch.equal(alone, torch.full((2,), -math.inf, dtype=dtype))
+    assert float(METHODS["mc"](mu[:1].to(dtype), logvar[:1].to(dtype), eps[:, :1].to(dtype), 2)) == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_bhattacharyya_splits_the_log_of_the_product_where_it_would_leave_the_floats(dtype):
+    from ipae.mixture import _product_groups
+
+    # variances 30 (float32) or 250 (float64) nats apart in every dimension: the product of s_i + s_j over all
+    # 8 dimensions would overflow, so the log is taken over runs of dimensions
+    spread = 30.0 if dtype == torch.float32 else 250.0
+    mu, logvar = _gaussians(12, 8, seed=35)
+    logvar = logvar + spread * (torch.arange(12, dtype=F64)[:, None] % 3 - 1)
+    assert len(_product_groups(logvar.to(dtype), dtype)) > 1
+    value = METHODS["bhattacharyya"](mu.to(dtype), logvar.to(dtype), None, 5)
+    assert float(value) == pytest.approx(_reference("bhattacharyya", mu, logvar), rel=1e-5 if dtype == torch.float32 else 1e-10)
+
+
+@pytest.mark.parametrize("method", FAST)
+def test_float32_tiles_agree_with_float64(method):
+    mu, logvar = _gaussians(300, 16, seed=36, scale=3.0)
+    eps = draw_mc_noise(mu, 2, torch.Generator().manual_seed(37)) if method in ("mc", "loo") else None
+    value32 = METHODS[method](mu.float(), logvar.float(), None if eps is None else eps.float(), 128)
+    assert value32.dtype == torch.float32
+    assert float(value32) == pytest.approx(float(_block_code(method, mu, logvar, eps, 1024)), rel=1e-4)
+
+
+def test_no_grad_and_grad_mode_give_the_same_value():
+    mu, logvar = _gaussians(40, 3, seed=38)
+    eps = draw_mc_noise(mu, 2, torch.Generator().manual_seed(39))
+    for method in FAST:
+        draws = eps if method in ("mc", "loo") else None
+        with torch.no_grad():
+            fast = METHODS[method](mu.clone().requires_grad_(), logvar, draws, 16)
+        graph = METHODS[method](mu.clone().requires_grad_(), logvar, draws, 16)
+        assert not fast.requires_grad and graph.requires_grad
+        assert float(fast) == pytest.approx(float(graph.detach()), rel=1e-12), method
+
+
+def _peak_bytes(run) -> int:
+    """The largest total of live tensor bytes that `run` allocated, from the profiler's allocation records."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        run()
+    events = sorted((e for e in profiler.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns())
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+@pytest.mark.parametrize("method", FAST)
+def test_memory_is_a_tile_and_the_features_never_n_squared(method):
+    n, d, chunk_size = 3000, 3, 256  # N^2 float64 = 72 MB; a tile of 32 x 256 = 64 KiB
+    mu, logvar = _gaussians(n, d, seed=40)
+    eps = draw_mc_noise(mu, 2, torch.Generator().manual_seed(41)) if method in ("mc", "loo") else None
+    peak = _peak_bytes(lambda: METHODS[method](mu, logvar, eps, chunk_size))
+    tile = 32 * chunk_size * 8
+    features = 2 * n * (2 * d + 2) * 8  # the rows' and the partners' features
+    # the bound: four tiles (buffer and Bhattacharyya's scratch), the features, and per-point vectors
+    assert peak <= 4 * tile + 2 * features + 64 * n * 8, peak
+    assert peak < n * n * 8 / 50
