@@ -98,6 +98,13 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def check_monitor(self) -> None:
+        """ValueError unless a run with these settings can monitor I(x; z): it is logged with the loss."""
+        if self.monitor_every % self.log_every:
+            raise ValueError(
+                f"monitor_every ({self.monitor_every}) must be a multiple of log_every ({self.log_every}): I(x; z) is logged with the loss"
+            )
+
 
 @dataclass
 class TrainResult:
@@ -491,10 +498,7 @@ def _monitor_points(points, model: AutoEncoder, config: TrainConfig, device: tor
         raise ValueError(f"monitor needs at least 2 held-out points (I_loo leaves each one out), got {len(points)}")
     if model.architecture is not None:
         model.architecture.check_input(tuple(points.shape[1:]))
-    if config.monitor_every % config.log_every:
-        raise ValueError(
-            f"monitor_every ({config.monitor_every}) must be a multiple of log_every ({config.log_every}): I(x; z) is logged with the loss"
-        )
+    config.check_monitor()
     return points.to(device=device, dtype=dtype)
 
 
