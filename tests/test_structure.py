@@ -7,6 +7,8 @@ at module level and inside functions (an import deferred into a function still t
 
 import ast
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,3 +125,14 @@ def test_the_model_imports_nothing_of_training(graph, training):
     assert training not in reachable(graph, "ipae.models"), (
         f"ipae.models reaches {training} through {sorted(reachable(graph, 'ipae.models'))}"
     )
+
+
+@pytest.mark.parametrize("training", ["ipae.train", "ipae.fitting", "ipae.estimators", "ipae.diagnostics"])
+def test_the_training_loop_reaches_no_module_that_draws(graph, training):
+    assert "ipae.plotting" not in reachable(graph, training), f"{training} reaches ipae.plotting"
+
+
+def test_training_and_monitoring_load_no_plotting_library():
+    code = "import sys, ipae.train, ipae.fitting, ipae.estimators; print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -161,16 +161,8 @@ def _draw_plane(axes, runs: Sequence[RunLog]) -> None:
         if point is None:
             handles.append(Line2D([], [], color=colour, label=f"{run.label} (no I(x; z) measured)"))
             continue
-        axes.errorbar(
-            [point["distortion"]],
-            [point["I_mc"]],
-            yerr=[[point["I_mc"] - point["I_lower"]], [point["I_upper"] - point["I_mc"]]],
-            fmt="s",
-            color=colour,
-            markersize=5,
-            capsize=3,
-            gid=f"{run.label}|final",
-        )
+        axes.vlines([point["distortion"]], [point["I_lower"]], [point["I_upper"]], color=colour, linewidth=1.2, gid=f"{run.label}|bounds")
+        axes.plot([point["distortion"]], [point["I_mc"]], "s", color=colour, markersize=5, gid=f"{run.label}|final")
         log_ns.add(point["I_log_n"])
         any_saturated |= bool(point.get("I_saturated"))
         handles.append(Line2D([], [], color=colour, marker="s", linestyle="none", label=f"{run.label} (final only)"))
