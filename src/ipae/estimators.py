@@ -9,6 +9,7 @@ gives the decoded means and `score` the negative mean training objective.
 from __future__ import annotations
 
 import inspect
+import math
 import shutil
 from dataclasses import replace
 from numbers import Integral, Real
@@ -62,6 +63,8 @@ SHARED_PARAMETERS = {
     "progress": False,
     "checkpoint_dir": None,
     "checkpoint_every": None,
+    "monitor_every": 500,
+    "monitor_samples": 1,
 }
 
 
@@ -108,6 +111,8 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         "progress": ["boolean"],
         "checkpoint_dir": [str, Path, None],
         "checkpoint_every": [Interval(Integral, 1, None, closed="left"), None],
+        "monitor_every": [Interval(Integral, 1, None, closed="left")],
+        "monitor_samples": [Interval(Integral, 1, None, closed="left")],
     }
 
     def _rate_options(self) -> dict:
@@ -126,20 +131,26 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
     # fitting
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
-        """Train a fresh autoencoder on X (N, n_features); `y` is ignored. Returns self."""
+    def fit(self, X, y=None, *, monitor=None):
+        """Train a fresh autoencoder on X (N, n_features); `y` is ignored. Returns self.
+
+        `monitor`: held-out samples (M, n_features) whose I(x; z) and distortion are measured every
+        `monitor_every` steps and at the end, into `monitor_`; the weights are the same without it.
+        """
         self._forget_fit()  # a second fit starts from scratch, and a failed one leaves nothing behind
         try:
-            return self._fit(X)
+            return self._fit(X, monitor)
         except BaseException:
             self._forget_fit()
             raise
 
-    def _fit(self, X):
+    def _fit(self, X, monitor):
         hidden = self.hidden
         if not (len(hidden) > 0 and all(isinstance(h, Integral) and not isinstance(h, bool) and h >= 1 for h in hidden)):
             raise ValueError(f"The 'hidden' parameter of {type(self).__name__} must be a non-empty sequence of ints >= 1. Got {hidden!r}.")
         X = self._check_X(X, reset=True)
+        if monitor is not None:
+            monitor = torch.from_numpy(np.array(self._check_X(monitor, reset=False, input_name="monitor")))  # a copy: it may be read-only
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         config = TrainConfig(
             steps=int(self.steps),
@@ -151,20 +162,25 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
             device=str(resolve_device(self.device)),
             progress=bool(self.progress),
             checkpoint_every=None if self.checkpoint_every is None else int(self.checkpoint_every),
+            # the monitor measures at log steps; the log itself is not kept, so only its divergence checks change
+            log_every=math.gcd(TrainConfig.log_every, int(self.monitor_every)) if monitor is not None else TrainConfig.log_every,
+            monitor_every=int(self.monitor_every),
+            monitor_samples=int(self.monitor_samples),
         )
         data = torch.from_numpy(X if X.flags.writeable else X.copy())  # torch warns on read-only arrays
         checkpoint = self.checkpoint_dir
         resume = checkpoint if checkpoint is not None and has_state(checkpoint) else None  # a killed fit goes on
         try:
-            model, result = fit(data, self._spec(), config, seed=seed, resume=resume, checkpoint_dir=checkpoint)
+            model, result = fit(data, self._spec(), config, seed=seed, resume=resume, checkpoint_dir=checkpoint, monitor=monitor)
         except TrainingDiverged as error:
             raise FitDiverged(type(self).__name__, error) from error
         if checkpoint is not None and has_state(checkpoint):  # done: a later fit must not continue this one
             shutil.rmtree(checkpoint)
         self.model_ = model.eval()
         self.seed_ = seed  # the seed of the initial weights, the batches, the noise and score's noise
-        self.history_ = replace(result, state=None)  # per-step loss, distortion and rate; no optimiser state
+        self.history_ = replace(result, state=None, monitor=[])  # per-step loss, distortion and rate; no optimiser state
         self.loss_curve_ = result.loss
+        self.monitor_ = result.monitor  # [] without `monitor`
         return self
 
     def _spec(self) -> ModelSpec:
@@ -176,11 +192,18 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         for name in [name for name in vars(self) if name.endswith("_") and not name.startswith("__")]:
             delattr(self, name)
 
-    def _check_X(self, X, *, reset: bool) -> np.ndarray:
+    def _check_X(self, X, *, reset: bool, input_name: str = "X") -> np.ndarray:
         """X as a finite, C-ordered float32 (N, n_features) array; n_features must match fit unless `reset`."""
-        X = validate_data(self, X, reset=reset, dtype=np.float32, order="C")
+        if input_name == "X":
+            X = validate_data(self, X, reset=reset, dtype=np.float32, order="C")
+        else:  # other samples than X: checked as X is, without taking or checking X's feature names
+            X = check_array(X, dtype=np.float32, order="C", input_name=input_name)
+            if X.shape[1] != self.n_features_in_:
+                raise ValueError(
+                    f"{input_name} has {X.shape[1]} features, but {type(self).__name__} is expecting {self.n_features_in_} features"
+                )
         if self.distortion == "bernoulli" and (X.min() < 0 or X.max() > 1):
-            raise ValueError(f"distortion='bernoulli' needs X in [0, 1]; got values in [{X.min():g}, {X.max():g}]")
+            raise ValueError(f"distortion='bernoulli' needs {input_name} in [0, 1]; got values in [{X.min():g}, {X.max():g}]")
         return X
 
     # using the fitted model
@@ -247,6 +270,7 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                 "rate": self.history_.rate.tolist(),
             },
             "seconds": self.history_.seconds,
+            "monitor_": self.monitor_,
         }
         if hasattr(self, "feature_names_in_"):
             record["feature_names_in_"] = self.feature_names_in_.tolist()
@@ -269,7 +293,10 @@ class IPAE(_AutoEncoderTransformer):
     the batches and the noise, so that the same int gives the same result twice on a device.
 
     Fitted attributes: `model_` (the `AutoEncoder`), `n_features_in_`, `seed_`, `history_`
-    (a `TrainResult` of per-step loss, distortion and rate) and `loss_curve_` (= `history_.loss`).
+    (a `TrainResult` of per-step loss, distortion and rate), `loss_curve_` (= `history_.loss`) and
+    `monitor_`: with `fit(X, monitor=X_heldout)`, the measurements of I(x; z) and the distortion of
+    X_heldout every `monitor_every` steps and at the end (`ipae.train.train`'s monitor records; each
+    costs seconds at 5000 points, with `monitor_samples` Monte Carlo draws per point); [] without.
     With `checkpoint_dir` and `checkpoint_every` = N, the fit so far is saved there every N steps, and
     a fit that was killed continues from it when run again with the same parameters; the checkpoint
     is removed when the fit ends.
@@ -332,6 +359,7 @@ def load_estimator(directory: str | Path) -> IPAE | BetaVAE:
             **{name: np.asarray(values, dtype=np.float64) for name, values in record["history_"].items()}, seconds=record["seconds"]
         )
         n_features_in, seed = int(record["n_features_in_"]), int(record["seed_"])
+        monitor = list(record.get("monitor_", []))  # absent from estimators saved by earlier versions
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{directory / 'model.json'}: damaged estimator metadata ({type(error).__name__}: {error})") from None
     model = load_model(directory)
@@ -353,4 +381,5 @@ def load_estimator(directory: str | Path) -> IPAE | BetaVAE:
     estimator.seed_ = seed
     estimator.history_ = history
     estimator.loss_curve_ = history.loss
+    estimator.monitor_ = monitor
     return estimator
