@@ -130,7 +130,8 @@ def test_a_toy_sweep_cell_and_a_log_file_are_read_as_runs(tmp_path):
     assert [run.label for run in read_runs(cell)] == [f"vae-beta1/repeat-{r}" for r in (0, 1, 2, 10)]  # numbered order
     assert read_runs(cell)[0].final_point()["distortion"] == FINAL["distortion"]
     (run,) = read_runs(cell / "repeat-2" / "metrics.jsonl")
-    assert run.label == "repeat-2" and run.records == _log([100])
+    assert run.label == "vae-beta1/repeat-2" and run.records == _log([100])
+    assert [run.label for run in read_runs(cell / "repeat-10")] == ["vae-beta1/repeat-10"]
     (run,) = read_runs(cell / "repeat-2", label="mine")
     assert run.label == "mine"
 

@@ -102,15 +102,21 @@ def read_runs(path: str | Path, *, label: str | None = None) -> list[RunLog]:
         raise FileNotFoundError(f"{path}: no such run directory or training log")
     if path.is_file():
         logs = [path]
-        names = [label or (path.parent.name if path.name == "metrics.jsonl" else f"{path.parent.name}/{path.stem}")]
+        names = [label or (_name(path.parent) if path.name == "metrics.jsonl" else f"{path.parent.name}/{path.stem}")]
     elif (path / "metrics.jsonl").is_file():
-        logs, names = [path / "metrics.jsonl"], [label or path.name]
+        logs, names = [path / "metrics.jsonl"], [label or _name(path)]
     else:  # a sweep's cell: one log per repeat
         logs = sorted([*path.glob("repeat-*.jsonl"), *path.glob("repeat-*/metrics.jsonl")], key=_repeat_number)
         names = [f"{label or path.name}/{log.stem if log.name != 'metrics.jsonl' else log.parent.name}" for log in logs]
     if not logs:
         raise ValueError(f"{path}: holds no training log (metrics.jsonl, repeat-R.jsonl or repeat-R/metrics.jsonl)")
     return [RunLog(name, read_log(log), _final_record(log)) for name, log in zip(names, logs, strict=True)]
+
+
+def _name(directory: Path) -> str:
+    """A run directory's label: its name, and its cell's for a sweep's repeat-R (they repeat across cells)."""
+    directory = directory.absolute()
+    return f"{directory.parent.name}/{directory.name}" if directory.name.startswith("repeat-") else directory.name
 
 
 def _repeat_number(log: Path) -> tuple[int, str]:
@@ -131,11 +137,12 @@ def draw_runs(figure: Figure, runs: Sequence[RunLog]) -> None:
 
 
 def _draw_plane(axes, runs: Sequence[RunLog]) -> None:
-    handles, log_ns, any_saturated = [], set(), False
+    handles, log_ns, any_saturated, any_path = [], set(), False, False
     for index, run in enumerate(runs):
         colour = f"C{index % 10}"
         path = run.trajectory()
         if len(path["step"]):
+            any_path = True
             distortion, estimate = path["heldout_distortion"], path["I_mc"]
             lower, upper = path["I_lower"], path["I_upper"]
             axes.vlines(distortion, lower, upper, color=colour, linewidth=0.8, alpha=0.6, gid=f"{run.label}|bounds")
@@ -173,18 +180,22 @@ def _draw_plane(axes, runs: Sequence[RunLog]) -> None:
         )
     if not log_ns:
         axes.text(0.5, 0.5, "no I(x; z) measured:\ntrain with --monitor", ha="center", va="center", transform=axes.transAxes, fontsize=9)
-    handles += [
-        Patch(color="grey", alpha=0.3, label="between the bounds (Bhattacharyya, pairwise KL)"),
-        Line2D([], [], color="grey", marker="o", markersize=7, markerfacecolor="none", linestyle="none", label="first measurement"),
-        Line2D([], [], color="grey", linestyle="--", label="log N: the most N points can show"),
-    ]
+    if any_path:
+        handles.append(Patch(color="grey", alpha=0.3, label="between the bounds (Bhattacharyya, pairwise KL)"))
+        handles.append(
+            Line2D([], [], color="grey", marker="o", markersize=7, markerfacecolor="none", linestyle="none", label="first measurement")
+        )
+    elif log_ns:
+        handles.append(Line2D([], [], color="grey", label="bounds (Bhattacharyya, pairwise KL)"))
+    if log_ns:
+        handles.append(Line2D([], [], color="grey", linestyle="--", label="log N: the most N points can show"))
     if any_saturated:
         handles.append(Line2D([], [], color="black", marker="x", linestyle="none", label=f"saturated (I_loo - I_mc > {SATURATION_GAP:g})"))
     axes.legend(handles=handles, fontsize=6, loc="best")
     axes.set_xlabel("held-out distortion (one sampled code per point)", fontsize=8)
     axes.set_ylabel("I(x; z) of held-out points, nats (Monte Carlo)", fontsize=8)
     axes.set_title("information plane (numbers: training step)", fontsize=9)
-    axes.tick_params(labelsize=7)
+    axes.tick_params(which="both", labelsize=7)
 
 
 def _draw_curves(axes, runs: Sequence[RunLog]) -> None:
@@ -207,7 +218,7 @@ def _draw_curves(axes, runs: Sequence[RunLog]) -> None:
     axes.set_xlabel("training step", fontsize=8)
     axes.set_ylabel("mean over the steps since the last record", fontsize=8)
     axes.set_title("loss curves", fontsize=9)
-    axes.tick_params(labelsize=7)
+    axes.tick_params(which="both", labelsize=7)
 
 
 def plot_runs(paths: Sequence[str | Path], out: str | Path, *, labels: Sequence[str] | None = None) -> Figure:
