@@ -339,6 +339,15 @@ def test_tensorboard_gets_the_logged_scalars(data, tmp_path, monkeypatch):
     assert main([*args, "--out", str(tmp_path / "out")]) == 0
     assert written[0] == ("open", str(tmp_path / "tb")) and written[-1] == ("close", None)
     assert [entry for entry in written[1:-1] if entry[0] == "train/loss"] == [("train/loss", 2), ("train/loss", 4)]
+    assert not [entry for entry in written if entry[0].startswith("heldout/")]
+
+    written.clear()
+    args += ["--monitor", str(data), "--monitor-every", "4"]  # the training points themselves, for the test
+    assert main([*args, "--out", str(tmp_path / "watched")]) == 0
+    tags = ["I_mc", "I_loo", "I_lower", "I_upper", "log_N", "saturated", "distortion"]
+    assert [entry for entry in written if entry[0].startswith("heldout/")] == [(f"heldout/{tag}", 4) for tag in tags]
+    log = [json.loads(line) for line in (tmp_path / "watched" / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in log if "I_mc" in record] == [4]
 
 
 def test_a_killed_fit_continues_from_its_checkpoint_as_if_never_stopped(data, tmp_path, capsys):
