@@ -160,6 +160,18 @@ def test_a_damaged_log_is_refused_naming_its_line(tmp_path, content, message):
         read_log(tmp_path / "metrics.jsonl")
 
 
+def test_plot_runs_is_ipae_plot_runs_and_importing_ipae_loads_no_matplotlib():
+    import subprocess
+    import sys
+
+    import ipae
+    from ipae import plotting
+
+    assert ipae.plot_runs is plotting.plot_runs
+    code = "import sys, ipae; print(any(m.split('.')[0] == 'matplotlib' for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
 def test_what_is_no_run_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such run"):
         read_runs(tmp_path / "missing")
