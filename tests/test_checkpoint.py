@@ -363,3 +363,19 @@ def test_a_model_pickles(rate):
     assert model_record(copy) == model_record(model)
     own = _own_model()
     _assert_same_weights(pickle.loads(pickle.dumps(own)), own)
+
+
+def test_the_monitor_records_survive_the_round_trip_and_damaged_ones_are_refused(tmp_path):
+    model = _small()
+    state = train(model, _data(), _config(), monitor=_data()[:30], stop_at=10).state
+    assert [record["step"] for record in state.monitor] == [10]
+    save_model(model, tmp_path, state=state)
+    assert load_state(tmp_path).monitor == state.monitor
+    record = json.loads((tmp_path / "training.json").read_text())
+    for damaged in ({"I_mc": 1.0}, [{"step": "10"}], [{"step": True}], [3]):
+        (tmp_path / "training.json").write_text(json.dumps(record | {"monitor": damaged}))
+        with pytest.raises(ValueError, match="monitor must be a list of objects with an integer step"):
+            load_state(tmp_path)
+    del record["monitor"]  # a state written before the monitor existed
+    (tmp_path / "training.json").write_text(json.dumps(record))
+    assert load_state(tmp_path).monitor == []

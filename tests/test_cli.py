@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ipae import IPAE, BetaVAE
@@ -470,3 +471,52 @@ def test_a_sweep_another_process_runs_is_refused_in_one_line(tmp_path, monkeypat
     record(
         "bad input", "ipae reproduce of a sweep that another process runs", tried=2, outcome="one line naming its pid, exit 2, untouched"
     )
+
+
+def test_a_monitored_toy_run_logs_information_trains_the_same_weights_and_plots(tmp_path, small_toy_data, capsys):
+    common = ["toy", "--rate", "vae", "--beta", "1", "--steps", "200", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*common, "--monitor", "--monitor-every", "100", "--monitor-samples", "2", "--out", str(tmp_path / "watched")]) == 0
+    plain, watched = (load_file(tmp_path / name / "model.safetensors") for name in ("plain", "watched"))
+    assert all(torch.equal(plain[key], watched[key]) for key in plain)
+    log = [json.loads(line) for line in (tmp_path / "watched" / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in log if "I_mc" in record] == [100, 200] and log[0]["I_points"] == 100  # the held-out draw
+    metrics = json.loads((tmp_path / "watched" / "metrics.json").read_text())
+    assert metrics["E"] == json.loads((tmp_path / "plain" / "metrics.json").read_text())["E"]
+    code, out, error = run(capsys, "plot", str(tmp_path / "plain"), str(tmp_path / "watched"), "--out", str(tmp_path / "plane.png"))
+    assert code == 0 and error == "" and "2 runs" in out
+    assert (tmp_path / "plane.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{tmp}/nowhere", "--out", "{tmp}/f.png"], "no such run directory or training log"),
+        (["{tmp}", "--out", "{tmp}/f.png"], "holds no training log"),
+        (["{tmp}/run", "--out", "{tmp}/f.pdf"], "--out must end in .png"),
+        (["{tmp}/run", "--out", "{tmp}/run/metrics.jsonl"], "must end in .png"),
+        (["{tmp}/run", "--out", "{tmp}/taken.png"], "already exists"),
+        (["{tmp}/run/bad.jsonl", "--out", "{tmp}/f.png"], "bad.jsonl:2: not valid JSON"),
+        (["--out", "{tmp}/f.png"], "the following arguments are required: RUN"),
+        (["{tmp}/run"], "the following arguments are required: --out"),
+    ],
+)
+def test_plot_refuses_bad_input_with_one_line_and_writes_nothing(tmp_path, capsys, args, message):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    (tmp_path / "run" / "bad.jsonl").write_text('{"step": 1, "loss": 1.0}\n{"step": 2,\n')
+    (tmp_path / "taken.png").write_bytes(b"mine")
+    before = sorted(tmp_path.rglob("*"))
+    code, _, error = run(capsys, "plot", *(arg.format(tmp=tmp_path) for arg in args))
+    assert code == 2 and error.count("\n") == 1 and message in error and error.startswith("ipae: error:"), error
+    assert sorted(tmp_path.rglob("*")) == before and (tmp_path / "taken.png").read_bytes() == b"mine"
+
+
+def test_monitor_options_of_toy_need_monitor_and_a_multiple_of_the_log(tmp_path, capsys):
+    for args, message in (
+        (["--monitor-every", "100"], "apply with --monitor"),
+        (["--monitor", "--monitor-every", "150"], "must be a multiple of log_every (100)"),
+    ):
+        code, _, error = run(capsys, "toy", *args, "--out", str(tmp_path / "out"))
+        assert code == 2 and error.count("\n") == 1 and message in error
+    assert not (tmp_path / "out").exists()

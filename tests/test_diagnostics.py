@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ipae.diagnostics import AT_BOUND, SATURATION_GAP, clusters, diagnose, information
+from ipae.diagnostics import AT_BOUND, INFORMATION_KEYS, SATURATION_GAP, clusters, diagnose, information, measure
 from ipae.evaluation import paired_comparison
 from ipae.models import AutoEncoder
 from ipae.networks import MLP
@@ -123,3 +123,21 @@ def test_paired_comparison_counts_and_tests_against_closed_forms():
     assert ties["p_sign"] is None and ties["p_t"] is None and ties["tied"] == 10
     with pytest.raises(ValueError, match="paired"):
         paired_comparison(np.zeros(3), np.zeros(4))
+
+
+def test_measure_gives_the_information_keys_and_the_distortion_of_one_sampled_code_each():
+    torch.manual_seed(0)
+    model = AutoEncoder.from_architecture(MLP((2,), (16,), 3, "relu")).eval()
+    x = torch.randn(30, 2)
+    found = measure(model, x, generator=torch.Generator().manual_seed(4), n_samples=2)
+    assert tuple(found) == (*INFORMATION_KEYS, "distortion")
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        mu, logvar = (t.double() for t in model.encode(x))
+        assert {key: found[key] for key in INFORMATION_KEYS} == information(mu, logvar, generator=generator, n_samples=2)
+        z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=generator, dtype=torch.float64)
+        expected = ((model.decoder(z.float()) - x) ** 2).sum(dim=1).double().mean()
+    assert found["distortion"] == pytest.approx(float(expected), rel=1e-5)
+    with torch.no_grad():
+        model.encoder.heads.weight.fill_(1e38)  # codes overflow to inf: nothing to measure
+    assert measure(model, x * 1e3, generator=torch.Generator()) == dict.fromkeys((*INFORMATION_KEYS, "distortion"))

@@ -79,6 +79,8 @@ def test_defaults_and_parameters():
         "progress": False,
         "checkpoint_dir": None,
         "checkpoint_every": None,
+        "monitor_every": 500,
+        "monitor_samples": 1,
     }
     vae = BetaVAE().get_params()
     assert vae["beta"] == 1.0 and "n_partners" not in vae and set(vae) == set(IPAE().get_params()) - {"n_partners"}
@@ -472,3 +474,23 @@ def test_transform_and_inverse_transform_of_a_row_do_not_depend_on_the_other_row
 def test_the_default_beta_is_the_rates_own():
     assert IPAE().beta == InformationPotential.default_beta == 0.01
     assert BetaVAE().beta == PriorKL.default_beta == 1.0
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_fit_with_monitor_measures_information_and_trains_the_same_model(cls, blobs, tmp_path):
+    held_out = np.random.default_rng(5).normal(size=(25, 3))
+    options = {**QUICK, "random_state": 0, "monitor_every": 10, "monitor_samples": 2}
+    plain = cls(**options).fit(blobs)
+    watched = cls(**options).fit(blobs, monitor=held_out)
+    assert plain.monitor_ == []
+    np.testing.assert_array_equal(watched.transform(blobs), plain.transform(blobs))
+    np.testing.assert_array_equal(watched.loss_curve_, plain.loss_curve_)
+    assert [record["step"] for record in watched.monitor_] == [10, 20, 30]
+    assert all(record["I_points"] == 25 and record["I_lower"] <= record["I_upper"] for record in watched.monitor_)
+    watched.save(tmp_path / "saved")
+    assert load_estimator(tmp_path / "saved").monitor_ == watched.monitor_
+    assert cls(**{**options, "monitor_every": 7}).fit(blobs, monitor=held_out).monitor_[-1]["step"] == 30  # any N: the end is measured
+    with pytest.raises(ValueError, match="monitor has 2 features, but .* is expecting 3"):
+        cls(**options).fit(blobs, monitor=held_out[:, :2])
+    with pytest.raises(ValueError, match="monitor"):
+        cls(**options).fit(blobs, monitor=np.full((4, 3), np.nan))

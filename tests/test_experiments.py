@@ -4,6 +4,7 @@ import math
 import operator
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -368,3 +369,41 @@ def test_a_killed_conv_run_continues_from_its_checkpoint(tmp_path, monkeypatch):
     first, second = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "killed" / "model.safetensors")
     assert all(torch.equal(first[name], second[name]) for name in first)
     assert continued["svm_error"] == whole["svm_error"] and continued["I_mc"] == whole["I_mc"]
+
+
+def _saved_figures(monkeypatch, module) -> dict:
+    """The figures `module` saves, by file name, saved as it would save them."""
+    saved, save = {}, module.save_png
+
+    def keep(figure, path):
+        saved[Path(path).name] = figure
+        save(figure, path)
+
+    monkeypatch.setattr(module, "save_png", keep)
+    return saved
+
+
+def _legend_colours(legend) -> dict[str, tuple]:
+    """Each entry's label and the colour of its marker's edge (RGBA)."""
+    return {
+        text.get_text(): tuple(handle.get_edgecolor()[0]) for text, handle in zip(legend.get_texts(), legend.legend_handles, strict=True)
+    }
+
+
+RED, BLUE = (1.0, 0.0, 0.0, 1.0), (0.0, 0.0, 1.0, 1.0)
+
+
+def test_the_reconstruction_figures_say_which_colour_is_the_input(tmp_path, small_toy_data, monkeypatch):
+    saved = _saved_figures(monkeypatch, toy)
+    run_toy(Run(PriorKL(), 1.0, 0, TrainConfig(steps=2)), tmp_path / "run", progress=False)
+    (axes,) = saved["reconstruction.png"].axes
+    assert _legend_colours(axes.get_legend()) == {"input (red circles)": RED, "reconstruction (blue dots)": BLUE}
+    inputs, reconstructions = axes.collections
+    assert tuple(inputs.get_edgecolor()[0]) == RED and tuple(reconstructions.get_facecolor()[0]) == BLUE
+
+    saved = _saved_figures(monkeypatch, figure1)
+    monkeypatch.setattr(figure1, "figure1_runs", lambda training, seed=0, paper_exact=False: [Run(PriorKL(), 1.0, 0, training)])
+    (tmp_path / "grid").mkdir()
+    figure1.reproduce_figure1(tmp_path / "grid", TrainConfig(steps=2, progress=False), jobs=1, progress=False)
+    (legend,) = saved["figure1.png"].legends  # one legend for the grid
+    assert _legend_colours(legend) == {"input (red circles)": RED, "reconstruction (blue dots)": BLUE}

@@ -103,8 +103,8 @@ def test_fit_writes_a_model_its_state_config_and_log(data, tmp_path, capsys):
     args = ["fit", str(data), *SMALL, "--steps", "20", "--log-every", "5", "--log", str(tmp_path / "live.jsonl"), "--quiet"]
     assert main([*args, "--out", str(out)]) == 0
     assert "20 steps: loss" in capsys.readouterr().out
-    names = ["config.toml", "metrics.json", "metrics.jsonl", "model.json", "model.safetensors", "training.json", "training.safetensors"]
-    assert sorted(p.name for p in out.iterdir()) == names
+    names = ["config.toml", "metrics.json", "metrics.jsonl", "model.json", "model.safetensors", "training.json", "training.png"]
+    assert sorted(p.name for p in out.iterdir()) == [*names, "training.safetensors"]
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [5, 10, 15, 20] and all(np.isfinite(line["loss"]) for line in lines)
     assert (tmp_path / "live.jsonl").read_text() == (out / "metrics.jsonl").read_text()
@@ -216,6 +216,7 @@ def _bad_files(tmp_path):
     np.save(tmp_path / "flat.npy", np.zeros(5))
     np.save(tmp_path / "deep.npy", np.zeros((2, 1, 1, 16, 16)))
     np.save(tmp_path / "empty.npy", np.zeros((0, 2)))
+    np.save(tmp_path / "pairs.npy", np.zeros((5, 2)))
     (tmp_path / "truncated.npy").write_bytes((tmp_path / "nan.npy").read_bytes()[:70])
     (tmp_path / "words.csv").write_text("a,b\n1,2\n3,x\n")
     (tmp_path / "zero.csv").write_text("")
@@ -250,6 +251,12 @@ def _bad_files(tmp_path):
         (["{tmp}/x.npy", "--config", "{tmp}/words.csv"], "not valid TOML"),
         (["{tmp}/x.npy", "--distortion", "bernoulli"], "needs data in [0, 1]"),
         ([], "no data"),
+        (["{tmp}/x.npy", "--monitor", "{tmp}/missing.npy"], "no such file"),
+        (["{tmp}/x.npy", "--monitor", "{tmp}/pairs.npy"], "samples of shape (2,), the data's are (3,)"),
+        (["{tmp}/x.npy", "--monitor", "{tmp}/nan.npy"], "NaN or infinite"),
+        (["{tmp}/x.npy", "--monitor", "{tmp}/x.npy", "--monitor-every", "150"], "must be a multiple of log_every (100)"),
+        (["{tmp}/x.npy", "--monitor-every", "100"], "apply with --monitor"),
+        (["{tmp}/x.npy", "--monitor", "{tmp}/x.npy", "--monitor-samples", "0"], "--monitor-samples: must be an integer >= 1"),
     ],
 )
 def test_fit_refuses_bad_input_with_one_line_and_writes_nothing(data, tmp_path, capsys, args, message):
@@ -332,6 +339,15 @@ def test_tensorboard_gets_the_logged_scalars(data, tmp_path, monkeypatch):
     assert main([*args, "--out", str(tmp_path / "out")]) == 0
     assert written[0] == ("open", str(tmp_path / "tb")) and written[-1] == ("close", None)
     assert [entry for entry in written[1:-1] if entry[0] == "train/loss"] == [("train/loss", 2), ("train/loss", 4)]
+    assert not [entry for entry in written if entry[0].startswith("heldout/")]
+
+    written.clear()
+    args += ["--monitor", str(data), "--monitor-every", "4"]  # the training points themselves, for the test
+    assert main([*args, "--out", str(tmp_path / "watched")]) == 0
+    tags = ["I_mc", "I_loo", "I_lower", "I_upper", "log_N", "saturated", "distortion"]
+    assert [entry for entry in written if entry[0].startswith("heldout/")] == [(f"heldout/{tag}", 4) for tag in tags]
+    log = [json.loads(line) for line in (tmp_path / "watched" / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in log if "I_mc" in record] == [4]
 
 
 def test_a_killed_fit_continues_from_its_checkpoint_as_if_never_stopped(data, tmp_path, capsys):
@@ -658,3 +674,28 @@ def test_threads_sets_the_threads_of_the_process(data, tmp_path):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_monitored_fit_logs_information_every_n_steps_and_trains_the_weights_of_an_unmonitored_one(data, tmp_path):
+    held_out = tmp_path / "held_out.npy"
+    np.save(held_out, np.random.default_rng(1).normal(size=(40, 3)).astype(np.float32))
+    common = ["fit", str(data), *SMALL, "--steps", "20", "--log-every", "5", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*common, "--monitor", str(held_out), "--monitor-every", "10", "--out", str(tmp_path / "watched")]) == 0
+    plain, watched = (load_file(tmp_path / name / "model.safetensors") for name in ("plain", "watched"))
+    assert plain.keys() == watched.keys() and all(torch.equal(plain[key], watched[key]) for key in plain)
+    log = [json.loads(line) for line in (tmp_path / "watched" / "metrics.jsonl").read_text().splitlines()]
+    plain_log = [json.loads(line) for line in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()]
+    assert [record["loss"] for record in log] == [record["loss"] for record in plain_log]
+    assert [record["step"] for record in log if "I_mc" in record] == [10, 20]
+    information = ("I_mc", "I_loo", "I_lower", "I_upper", "I_points", "I_log_n", "I_saturated", "heldout_distortion")
+    assert all(record["I_points"] == 40 and record["I_lower"] <= record["I_upper"] for record in log if "I_mc" in record)
+    metrics = json.loads((tmp_path / "watched" / "metrics.json").read_text())
+    assert {key: metrics[key] for key in information} == {key: log[-1][key] for key in information}
+    assert not set(information) & set(json.loads((tmp_path / "plain" / "metrics.json").read_text()))
+    assert (tmp_path / "watched" / "config.toml").read_text().count(f'monitor = "{held_out}"') == 1
+    # continued from its checkpoint, the run keeps monitoring the same points, and its log is the whole run's
+    assert main([*common, "--steps", "30", "--out", str(tmp_path / "longer"), "--resume", str(tmp_path / "watched")]) == 0
+    longer = [json.loads(line) for line in (tmp_path / "longer" / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in longer if "I_mc" in record] == [10, 20, 30]
+    assert [record.get("I_mc") for record in longer[:4]] == [record.get("I_mc") for record in log]

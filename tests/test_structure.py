@@ -10,6 +10,7 @@ import ast
 import importlib.metadata
 import importlib.util
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -163,3 +164,14 @@ def test_every_imported_package_is_a_declared_dependency():
         name: distributions.get(name, [name]) for name in imported if not {d.lower() for d in distributions.get(name, [name])} & _declared()
     }
     assert not undeclared, f"imported but not in pyproject.toml's dependencies: {undeclared}"
+
+
+@pytest.mark.parametrize("training", ["ipae.train", "ipae.fitting", "ipae.estimators", "ipae.diagnostics"])
+def test_the_training_loop_reaches_no_module_that_draws(graph, training):
+    assert "ipae.plotting" not in reachable(graph, training), f"{training} reaches ipae.plotting"
+
+
+def test_training_and_monitoring_load_no_plotting_library():
+    code = "import sys, ipae.train, ipae.fitting, ipae.estimators; print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

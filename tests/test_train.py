@@ -214,6 +214,10 @@ def test_only_an_autoencoder_is_trained(toy_x):
         {"compile": "no"},
         {"compile": 1},
         {"progress": "yes"},
+        {"monitor_every": 0},
+        {"monitor_every": 1.5},
+        {"monitor_samples": 0},
+        {"monitor_samples": True},
     ],
 )
 def test_bad_config_values_are_refused(options):
@@ -621,3 +625,125 @@ def test_bf16_training_runs_the_layers_in_bf16_and_fp32_does_not(toy_x):
     # the decoder runs only in the steps; the encoder also once, outside them, for the codes' shape
     assert [dtype for name, dtype in seen["bf16"] if name.startswith("decoder.output")] == [torch.bfloat16] * 3
     assert [dtype for name, dtype in seen["bf16"] if name == "encoder.heads"].count(torch.bfloat16) == 3
+
+
+# monitoring I(x; z) on held-out points
+
+
+def _without_times(records: list[dict]) -> list[dict]:
+    return [{key: value for key, value in record.items() if key not in ("seconds", "monitor_seconds")} for record in records]
+
+
+def _mnist_data(n: int, seed: int) -> torch.Tensor:
+    return torch.rand((n, 784), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("preset", ["toy", "mnist"])
+def test_monitoring_leaves_the_weights_and_the_losses_bit_identical(toy_x, preset):
+    if preset == "toy":
+        data, held_out, options = toy_x, gaussian_grid(n_per_component=4, seed=9).x, {}
+    else:
+        data, held_out, options = _mnist_data(256, 0), _mnist_data(64, 1), {"rate": PriorKL()}
+    config = _config(steps=12, batch_size=64, log_every=3, monitor_every=6)
+    runs = []
+    for monitor in (None, held_out):
+        model = AutoEncoder.from_preset(preset, seed=2, **options)
+        logs = []
+        result = train(model, data, config, monitor=monitor, on_log=logs.append)
+        runs.append((_weights(model), result, logs, model.training))
+    (plain, plain_result, plain_logs, _), (watched, watched_result, watched_logs, still_training) = runs
+    _assert_same_weights(watched, plain)
+    np.testing.assert_array_equal(watched_result.loss, plain_result.loss)
+    assert torch.equal(watched_result.state.generator, plain_result.state.generator)
+    assert still_training  # the monitor's eval mode is undone
+    # the loss, distortion and rate of every record are those of the unmonitored run; the monitor adds its keys at 6 and 12
+    assert [{key: record[key] for key in ("step", "loss", "distortion", "rate")} for record in watched_logs] == _without_times(plain_logs)
+    assert [record["step"] for record in watched_logs if "I_mc" in record] == [6, 12]
+    assert plain_result.monitor == [] and [record["step"] for record in watched_result.monitor] == [6, 12]
+
+
+def test_monitoring_a_net_with_dropout_and_batchnorm_changes_neither_weights_nor_running_statistics(toy_x):
+    def model() -> AutoEncoder:
+        torch.manual_seed(0)  # the layers' initial weights, and dropout draws from the global generator
+        encoder = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Dropout(0.3))
+        head = torch.nn.Linear(16, 4)
+
+        class Encoder(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.body, self.head = encoder, head
+
+            def forward(self, x):
+                return self.head(self.body(x)).chunk(2, dim=1)
+
+        return AutoEncoder(Encoder(), torch.nn.Linear(2, 2), rate=PriorKL())
+
+    states = []
+    for monitor in (None, toy_x[:50]):
+        trained = model()
+        torch.manual_seed(1)
+        train(trained, toy_x, _config(steps=10, log_every=5), monitor=monitor)
+        states.append(trained.state_dict())  # the BatchNorm's running mean and variance too
+    _assert_same_weights(states[0], states[1])
+    assert not torch.equal(states[0]["encoder.body.1.running_mean"], torch.zeros(16))  # training did move them
+
+
+def test_the_monitor_records_information_and_distortion_of_the_codes_at_their_steps(toy_x):
+    from ipae.diagnostics import SATURATION_GAP, information
+
+    held_out = gaussian_grid(n_per_component=4, seed=9).x  # (100, 2)
+    config = _config(steps=25, log_every=5, monitor_every=10, monitor_samples=3)
+    logs = []
+    result = train(_model(), toy_x, config, monitor=held_out, on_log=logs.append)
+    assert [record["step"] for record in result.monitor] == [10, 20, 25]  # every 10 steps and at the end
+    assert [record for record in logs if "I_mc" in record] == [
+        next(log for log in logs if log["step"] == record["step"]) for record in result.monitor
+    ]
+    model, state = _model(), None
+    for record in result.monitor:  # the model at each measured step, and the measurement again, by hand
+        state = train(model, toy_x, config, resume=state, stop_at=record["step"]).state
+        generator = torch.Generator().manual_seed(train_module._monitor_seed(config.seed, record["step"]))
+        with torch.no_grad():
+            mu, logvar = (t.double() for t in model.eval().encode(held_out))
+            expected = information(mu, logvar, generator=generator, n_samples=3)
+            z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=generator, dtype=torch.float64)
+            distortion = ((model.decoder(z.float()) - held_out) ** 2).sum(dim=1).double().mean()
+        model.train()
+        assert {key: record[key] for key in expected} == expected
+        assert record["heldout_distortion"] == pytest.approx(float(distortion), rel=1e-6)
+        assert record["I_points"] == 100 and record["I_log_n"] == pytest.approx(math.log(100))
+        assert record["I_lower"] <= record["I_upper"] and record["I_mc"] <= record["I_log_n"] + 1e-9
+        assert record["I_saturated"] == (record["I_loo"] - record["I_mc"] > SATURATION_GAP)
+        assert record["monitor_seconds"] > 0
+
+
+def test_a_continued_monitored_run_logs_as_one_that_never_stopped(toy_x, tmp_path):
+    held_out = toy_x[::2]
+    config = _config(steps=25, log_every=5, monitor_every=10, checkpoint_every=10)
+    whole_logs = []
+    whole = train(_model(), toy_x, config, monitor=held_out, on_log=whole_logs.append)
+    checkpoint = tmp_path / "run.checkpoint"
+    train(_model(), toy_x, config, monitor=held_out, checkpoint_dir=checkpoint, stop_at=23)  # killed after step 23; saved at 20
+    assert [record["step"] for record in load_state(checkpoint).monitor] == [10, 20]
+    logs = []
+    continued = train(_model(), toy_x, config, monitor=held_out, resume=checkpoint, on_log=logs.append)
+    assert _without_times(logs) == _without_times(whole_logs)
+    assert _without_times(continued.monitor) == _without_times(whole.monitor)
+
+
+@pytest.mark.parametrize(
+    "monitor, options, message",
+    [
+        (torch.randn(10, 3), {}, "shape"),
+        (torch.randn(1, 2), {}, "at least 2"),
+        (torch.full((10, 2), math.nan), {}, "NaN"),
+        ([[0.0, 1.0], [1.0, 0.0]], {}, "tensor or an array"),
+        (torch.randn(10, 2), {"monitor_every": 7}, "multiple of log_every"),
+    ],
+)
+def test_bad_monitor_points_are_refused_before_training(toy_x, monitor, options, message):
+    model = _model()
+    before = _weights(model)
+    with pytest.raises(ValueError, match=message):
+        train(model, toy_x, _config(**options), monitor=monitor)
+    _assert_same_weights(_weights(model), before)

@@ -35,13 +35,19 @@ __all__ = [
     "conditional_entropy",
     "information_potential",
     "draw_partners",
+    "plot_runs",
 ]
 
 
 def __getattr__(name: str):
-    """The scikit-learn estimators, imported on first use (scikit-learn takes a second to import)."""
+    """The scikit-learn estimators and the figures of runs, imported on first use (scikit-learn and
+    matplotlib take a second each to import, and training needs neither)."""
     if name in ("IPAE", "BetaVAE", "load_estimator"):
         from ipae import estimators
 
         return getattr(estimators, name)
+    if name == "plot_runs":
+        from ipae.plotting import plot_runs
+
+        return plot_runs
     raise AttributeError(f"module 'ipae' has no attribute {name!r}")

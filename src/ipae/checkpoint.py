@@ -5,7 +5,8 @@ A model directory holds
   distortion, beta, log-variance bound) and free metadata;
 - `model.safetensors`: the weights (safetensors holds tensors only, no pickled code);
 and, for a run that can be continued, `training.json` and `training.safetensors`: the step, the
-training settings, the optimiser's state, the noise generator's state and the history so far.
+training settings, the optimiser's state, the noise generator's state, the history so far and the
+monitor's measurements so far.
 Every file is written atomically (temporary file, then rename).
 
 Loading opens these four names in the directory and nothing else: no path written in a file is
@@ -18,7 +19,7 @@ weights in model.safetensors, whose own header safetensors checks against the fi
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -48,6 +49,7 @@ class TrainState:
     optimizer: dict  # the optimiser's state_dict
     generator: Tensor  # (bytes,) uint8: the state of the generator of noise and partners
     history: Tensor  # (step, 3) float32: loss, distortion and rate of every step so far
+    monitor: list[dict] = field(default_factory=list)  # the monitor's records so far (`train(monitor=...)`), each with its step
 
 
 def model_record(model: AutoEncoder) -> dict:
@@ -248,7 +250,9 @@ def save_state(state: TrainState, directory: str | Path) -> None:
     tensors, structure = _flatten_optimizer(state.optimizer)
     tensors |= {"generator": state.generator.contiguous(), "history": state.history.contiguous()}
     write_atomic(directory / "training.safetensors", lambda tmp: save_file(tensors, str(tmp)))
-    write_json(directory / "training.json", {"step": state.step, "settings": state.settings, "optimizer": structure})
+    write_json(
+        directory / "training.json", {"step": state.step, "settings": state.settings, "optimizer": structure, "monitor": state.monitor}
+    )
 
 
 def load_state(directory: str | Path) -> TrainState:
@@ -279,7 +283,8 @@ def load_state(directory: str | Path) -> TrainState:
     if problem:
         raise ValueError(f"{directory / 'training.safetensors'}: does not match training.json ({problem})")
     optimizer = _unflatten_optimizer(tensors, structure)
-    return TrainState(step=step, settings=record["settings"], optimizer=optimizer, generator=generator, history=history)
+    monitor = record.get("monitor", [])  # absent from the states of earlier versions
+    return TrainState(step=step, settings=record["settings"], optimizer=optimizer, generator=generator, history=history, monitor=monitor)
 
 
 def _state_problem(record: object) -> str | None:
@@ -291,6 +296,11 @@ def _state_problem(record: object) -> str | None:
         return f"step must be an integer >= 0, got {_short(step)}"
     if not isinstance(record["settings"], dict):
         return f"settings must be an object, got {_short(record['settings'])}"
+    monitor = record.get("monitor", [])
+    if not isinstance(monitor, list) or not all(
+        isinstance(entry, dict) and isinstance(entry.get("step"), int) and not isinstance(entry["step"], bool) for entry in monitor
+    ):
+        return f"monitor must be a list of objects with an integer step, got {_short(monitor)}"
     if not (isinstance(structure, dict) and isinstance(structure.get("param_groups"), list) and isinstance(structure.get("state"), dict)):
         return "optimizer must be an object with a list param_groups and an object state"
     for group in structure["param_groups"]:

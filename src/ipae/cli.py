@@ -99,6 +99,12 @@ def _options(parser, default=argparse.SUPPRESS, *, training: bool = True) -> Non
     )
 
 
+def _monitor_options(parser, default) -> None:
+    add = partial(parser.add_argument, type=_positive_int, default=default)
+    add("--monitor-every", help="steps between measurements of I(x; z) on the held-out points, a multiple of --log-every (default 500)")
+    add("--monitor-samples", help="Monte Carlo draws per held-out point in each measurement (default 1)")
+
+
 def _paper_exact(parser) -> None:
     parser.add_argument(
         "--paper-exact",
@@ -129,6 +135,8 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     toy = commands.add_parser("toy", help="one model on the paper's 25-Gaussian toy task", epilog=THREADS_HELP)
     _options(toy, None)
+    toy.add_argument("--monitor", action="store_true", help="log I(x; z) and the distortion of the 5000 held-out points while training")
+    _monitor_options(toy, None)
     _paper_exact(toy)
     _output(toy)
     mnist = commands.add_parser("mnist", help="the paper's MNIST experiment for one configuration (digits 1, 3, 4)", epilog=THREADS_HELP)
@@ -158,6 +166,14 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--checkpoint-every", type=_positive_int, default=argparse.SUPPRESS, help="save the run so far to OUT.checkpoint every N steps"
     )
+    fit.add_argument(
+        "--monitor",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="held-out samples (.npy, .npz or .csv) whose I(x; z) and distortion are logged every --monitor-every steps",
+    )
+    fit.add_argument("--monitor-key", default=argparse.SUPPRESS, help="the --monitor array's name in a .npz archive")
+    _monitor_options(fit, argparse.SUPPRESS)
     fit.add_argument("--log", type=Path, help="also write the JSON-lines log here while training")
     fit.add_argument("--tensorboard", type=Path, help="a TensorBoard log directory (needs the tensorboard package)")
     _output(fit)
@@ -169,6 +185,16 @@ def _build_parser() -> argparse.ArgumentParser:
         if name == "encode":
             command.add_argument("--sampled", action="store_true", help="sample z ~ N(mu, sigma^2) instead of the mean")
             command.add_argument("--seed", type=int, default=0, help="noise seed for --sampled")
+    plot = commands.add_parser("plot", help="draw runs: the information plane and the loss curves, from their training logs")
+    plot.add_argument(
+        "runs",
+        type=Path,
+        nargs="+",
+        metavar="RUN",
+        help="a run directory (ipae fit, ipae toy), a training log (.jsonl), or a sweep's cell directory (repeat-R.jsonl)",
+    )
+    plot.add_argument("--out", type=Path, required=True, help="the .png file to write")
+    plot.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     info = commands.add_parser("info", help="bounds and a Monte Carlo estimate of I(x; z) for a trained model on data")
     _model_and_data(info, "data")
     info.add_argument("--samples", type=_positive_int, default=16, help="Monte Carlo draws per data point (default 16)")
@@ -202,7 +228,19 @@ def _run(args):
     from ipae.fitting import from_options
     from ipae.rates import create
 
-    names = ("rate", "beta", "n_partners", "mc_samples", "steps", "batch_size", "lr", "precision", "compile")
+    names = (
+        "rate",
+        "beta",
+        "n_partners",
+        "mc_samples",
+        "steps",
+        "batch_size",
+        "lr",
+        "precision",
+        "compile",
+        "monitor_every",
+        "monitor_samples",
+    )
     spec, config = from_options({name: getattr(args, name) for name in names if getattr(args, name, None) not in (None, False)})
     rate = create(spec.rate, **spec.rate_options)
     training = TrainConfig(**{**config.to_dict(), "progress": False if args.quiet else None})
@@ -212,9 +250,13 @@ def _run(args):
 def _toy(args) -> int:
     from ipae.experiments.toy import run_toy
 
+    if not args.monitor and (args.monitor_every is not None or args.monitor_samples is not None):
+        raise ValueError("--monitor-every and --monitor-samples apply with --monitor")
     run, device = _run(args), _training_device(args.device)
+    if args.monitor:
+        run.training.check_monitor()
     with _output_directory(args) as stage:
-        metrics = run_toy(run, stage, device=device, progress=run.training.progress).metrics
+        metrics = run_toy(run, stage, device=device, progress=run.training.progress, monitor=args.monitor).metrics
     if metrics["status"] != "ok":
         raise _Failed(f"{metrics['error']}; recorded in {args.out / 'metrics.json'}")
     _report(
@@ -271,6 +313,16 @@ def _fit(args, given: dict) -> int:
         )
     device = _training_device(args.device)
     x = load_array(options["data"], key=options.get("key"), max_ndim=4, mmap=True)
+    monitor = None
+    if "monitor" in options:
+        monitor = torch.from_numpy(load_array(options["monitor"], key=options.get("monitor_key"), max_ndim=4))
+        if monitor.shape[1:] != x.shape[1:]:
+            raise ValueError(
+                f"--monitor {options['monitor']}: samples of shape {tuple(monitor.shape[1:])}, the data's are {tuple(x.shape[1:])}"
+            )
+        config.check_monitor()
+    elif any(name in given for name in ("monitor_key", "monitor_every", "monitor_samples")):
+        raise ValueError("--monitor-key, --monitor-every and --monitor-samples apply with --monitor")
     share, note = len(x) // world_size(), None  # the samples of each process
     if 1 <= share < config.batch_size:  # a step takes at most all of them: config.toml records the batch that runs
         what = f"the {share} samples" + (" of each process" if world_size() > 1 else "")
@@ -283,8 +335,13 @@ def _fit(args, given: dict) -> int:
 
         def write_log(record: dict) -> None:
             log(record)
-            for name in ("loss", "distortion", "rate") if tensorboard is not None else ():
+            if tensorboard is None:
+                return
+            for name in ("loss", "distortion", "rate"):
                 tensorboard.add_scalar(f"train/{name}", record[name], record["step"])
+            for name, tag in HELDOUT_SCALARS.items():
+                if record.get(name) is not None:
+                    tensorboard.add_scalar(f"heldout/{tag}", float(record[name]), record["step"])
 
         try:
             model, result = fit(
@@ -296,6 +353,7 @@ def _fit(args, given: dict) -> int:
                 checkpoint_dir=checkpoint,
                 metadata={"fit": options},
                 on_log=write_log,
+                monitor=monitor,
             )
         except TrainingDiverged as diverged:
             kept = f"; the run up to its last checkpoint is in {checkpoint}" if checkpoint.exists() else ""
@@ -307,6 +365,10 @@ def _fit(args, given: dict) -> int:
                 ) from None
             raise
         save_fit(out, model, result, options)
+        if is_main_process():
+            from ipae.plotting import plot_runs
+
+            plot_runs([out], out / "training.png", labels=[args.out.name])
     if tensorboard is not None:
         tensorboard.close()
     if is_main_process():
@@ -318,6 +380,32 @@ def _fit(args, given: dict) -> int:
         f"{len(result.loss)} steps: loss {result.loss[-1]:.4g} (distortion {result.distortion[-1]:.4g}, rate {result.rate[-1]:.4g}), "
         f"{result.seconds:.1f} s -> {args.out}"
     )
+    return 0
+
+
+# The monitor's numbers that `ipae fit --tensorboard` shows, under heldout/<tag>
+HELDOUT_SCALARS = {
+    "I_mc": "I_mc",
+    "I_loo": "I_loo",
+    "I_lower": "I_lower",
+    "I_upper": "I_upper",
+    "I_log_n": "log_N",
+    "I_saturated": "saturated",
+    "heldout_distortion": "distortion",
+}
+
+
+def _plot(args) -> int:
+    from ipae.plotting import plot_runs
+
+    if args.out.suffix.lower() != ".png":
+        raise ValueError(f"--out must end in .png, got {args.out}")
+    if args.out.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
+    if args.out.is_dir():
+        raise IsADirectoryError(f"{args.out} is a directory; name a .png file")
+    plot_runs(args.runs, args.out)
+    print(f"{len(args.runs)} run{'s' if len(args.runs) > 1 else ''} -> {args.out}")
     return 0
 
 
@@ -492,9 +580,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "fit":
             given = {k: v for k, v in vars(args).items() if k in FIT_OPTIONS and v is not None}  # the options given
             return _fit(args, given)
-        return {"toy": _toy, "mnist": _mnist, "reproduce": _reproduce, "info": _info, "encode": _transform, "decode": _transform}[
-            args.command
-        ](args)
+        commands = {"toy": _toy, "mnist": _mnist, "reproduce": _reproduce, "info": _info, "plot": _plot}
+        return {**commands, "encode": _transform, "decode": _transform}[args.command](args)
     except (ValueError, OSError) as error:  # bad input, missing or damaged files, failed downloads
         print(f"ipae: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

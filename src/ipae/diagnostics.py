@@ -27,7 +27,19 @@ from ipae.evaluation import linear_svm_error
 from ipae.information import reparameterise
 from ipae.mixture import estimates
 
-__all__ = ["INFORMATION_POINTS", "MC_SAMPLES", "SATURATION_GAP", "AT_BOUND", "encode", "information", "clusters", "diagnose"]
+__all__ = [
+    "INFORMATION_POINTS",
+    "MC_SAMPLES",
+    "SATURATION_GAP",
+    "AT_BOUND",
+    "INFORMATION_KEYS",
+    "encode",
+    "information",
+    "sampled_distortion",
+    "measure",
+    "clusters",
+    "diagnose",
+]
 
 INFORMATION_POINTS = 5000  # codes whose mixture I(x; z) is measured: at most log 5000 = 8.52 nats
 MC_SAMPLES = 16  # Monte Carlo draws per point
@@ -38,6 +50,7 @@ MC_SAMPLES = 16  # Monte Carlo draws per point
 # nats low at 7 nats, by an amount that depends on the shape.
 SATURATION_GAP = 0.5
 AT_BOUND = 0.99  # |logvar| >= AT_BOUND * logvar_limit counts as at the bound (tanh never reaches it)
+INFORMATION_KEYS = ("I_mc", "I_loo", "I_lower", "I_upper", "I_points", "I_log_n", "I_saturated")  # what `information` returns
 ENCODE_CHUNK = 1024  # rows encoded at once, to bound memory (the last chunk is smaller: not bit-invariant to N)
 
 
@@ -65,6 +78,31 @@ def information(mu: Tensor, logvar: Tensor, *, generator: torch.Generator, n_sam
         "I_log_n": log_n,
         "I_saturated": bool(found["loo"] - found["mc"] > SATURATION_GAP),
     }
+
+
+@torch.no_grad()
+def sampled_distortion(model, x: Tensor, z: Tensor) -> float:
+    """Mean d(x_i, g(z_i)) over the rows of x (N, ...) with their codes z (N, D), unweighted, per sample."""
+    parameter = next(model.parameters())
+    distortion = torch.cat(
+        [
+            model.distortion_per_sample(x[i : i + ENCODE_CHUNK].to(parameter), z[i : i + ENCODE_CHUNK].to(parameter))
+            for i in range(0, len(x), ENCODE_CHUNK)
+        ]
+    )
+    return float(distortion.double().mean())
+
+
+def measure(model, x: Tensor, *, generator: torch.Generator, n_samples: int = MC_SAMPLES) -> dict:
+    """`information` of the codes of x (N, ...) and their "distortion" with one sampled code each, the
+    draws from `generator` in that order; the model must be in eval mode. Codes that are not finite
+    (a model on its way to diverging) give None for every number."""
+    mu, logvar = encode(model, x)
+    if not (torch.isfinite(mu).all() and torch.isfinite(logvar).all()):
+        return dict.fromkeys((*INFORMATION_KEYS, "distortion"))
+    result = information(mu, logvar, generator=generator, n_samples=n_samples)
+    z = reparameterise(mu, logvar, torch.randn(mu.shape, generator=generator, dtype=torch.float64))
+    return result | {"distortion": sampled_distortion(model, x, z)}
 
 
 def clusters(codes: np.ndarray, labels: np.ndarray, *, seed: int) -> dict:
@@ -95,17 +133,9 @@ def diagnose(
     test_mu, test_logvar = encode(model, x_test)
     result = information(*encode(model, x_information), generator=generator)
     test_z = reparameterise(test_mu, test_logvar, torch.randn(test_mu.shape, generator=generator, dtype=torch.float64))
-    parameter = next(model.parameters())
-    with torch.no_grad():
-        distortion = torch.cat(
-            [
-                model.distortion_per_sample(x_test[i : i + ENCODE_CHUNK].to(parameter), test_z[i : i + ENCODE_CHUNK].to(parameter))
-                for i in range(0, len(x_test), ENCODE_CHUNK)
-            ]
-        )
     limit = model.logvar_limit
     result |= {
-        "distortion": float(distortion.double().mean()),
+        "distortion": sampled_distortion(model, x_test, test_z),
         "logvar_min": float(test_logvar.min()),
         "logvar_max": float(test_logvar.max()),
         "logvar_limit": limit,

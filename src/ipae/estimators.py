@@ -13,6 +13,7 @@ private `_param_validation`.
 from __future__ import annotations
 
 import inspect
+import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -63,6 +64,8 @@ SHARED_PARAMETERS = {
     "progress": False,
     "checkpoint_dir": None,
     "checkpoint_every": None,
+    "monitor_every": 500,
+    "monitor_samples": 1,
 }
 
 
@@ -109,33 +112,42 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
 
     # fitting
 
-    def fit(self, X, y=None):
-        """Train a fresh autoencoder on X (N, n_features); `y` is ignored. Returns self."""
+    def fit(self, X, y=None, *, monitor=None):
+        """Train a fresh autoencoder on X (N, n_features); `y` is ignored. Returns self.
+
+        `monitor`: held-out samples (M, n_features) whose I(x; z) and distortion are measured every
+        `monitor_every` steps and at the end, into `monitor_`; the weights are the same without it.
+        """
         self._forget_fit()  # a second fit starts from scratch, and a failed one leaves nothing behind
         try:
-            return self._fit(X)
+            return self._fit(X, monitor)
         except BaseException:
             self._forget_fit()
             raise
 
-    def _fit(self, X):
+    def _fit(self, X, monitor):
         spec, config = self._settings()  # the parameters first: a clear error before any work
         X = self._check_X(X, reset=True)
+        if monitor is not None:
+            monitor = torch.from_numpy(np.array(self._check_X(monitor, reset=False, input_name="monitor")))  # a copy: it may be read-only
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        config = replace(config, seed=seed)
+        # the monitor measures at log steps; the log itself is not kept, so only its divergence checks change
+        log_every = math.gcd(config.log_every, config.monitor_every) if monitor is not None else config.log_every
+        config = replace(config, seed=seed, log_every=log_every)
         data = torch.from_numpy(X if X.flags.writeable else X.copy())  # torch warns on read-only arrays
         checkpoint = self.checkpoint_dir
         resume = checkpoint if checkpoint is not None and has_state(checkpoint) else None  # a killed fit goes on
         try:
-            model, result = fit(data, spec, config, seed=seed, resume=resume, checkpoint_dir=checkpoint)
+            model, result = fit(data, spec, config, seed=seed, resume=resume, checkpoint_dir=checkpoint, monitor=monitor)
         except TrainingDiverged as error:
             raise FitDiverged(type(self).__name__, error) from error
         if checkpoint is not None and has_state(checkpoint):  # done: a later fit must not continue this one
             shutil.rmtree(checkpoint)
         self.model_ = model.eval()
         self.seed_ = seed  # the seed of the initial weights, the batches, the noise and score's noise
-        self.history_ = replace(result, state=None)  # per-step loss, distortion and rate; no optimiser state
+        self.history_ = replace(result, state=None, monitor=[])  # per-step loss, distortion and rate; no optimiser state
         self.loss_curve_ = result.loss
+        self.monitor_ = result.monitor  # [] without `monitor`
         return self
 
     def _settings(self) -> tuple[ModelSpec, TrainConfig]:
@@ -155,6 +167,8 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                 device=str(resolve_device(self.device)),
                 progress=_plain(self.progress),
                 checkpoint_every=_plain(self.checkpoint_every),
+                monitor_every=_plain(self.monitor_every),
+                monitor_samples=_plain(self.monitor_samples),
             )
             spec = self._spec()
             spec.architecture((1,))  # hidden and activation, which the network checks
@@ -176,11 +190,18 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         for name in [name for name in vars(self) if name.endswith("_") and not name.startswith("__")]:
             delattr(self, name)
 
-    def _check_X(self, X, *, reset: bool) -> np.ndarray:
+    def _check_X(self, X, *, reset: bool, input_name: str = "X") -> np.ndarray:
         """X as a finite, C-ordered float32 (N, n_features) array; n_features must match fit unless `reset`."""
-        X = validate_data(self, X, reset=reset, dtype=np.float32, order="C")
+        if input_name == "X":
+            X = validate_data(self, X, reset=reset, dtype=np.float32, order="C")
+        else:  # other samples than X: checked as X is, without taking or checking X's feature names
+            X = check_array(X, dtype=np.float32, order="C", input_name=input_name)
+            if X.shape[1] != self.n_features_in_:
+                raise ValueError(
+                    f"{input_name} has {X.shape[1]} features, but {type(self).__name__} is expecting {self.n_features_in_} features"
+                )
         if self.distortion == "bernoulli" and (X.min() < 0 or X.max() > 1):
-            raise ValueError(f"distortion='bernoulli' needs X in [0, 1]; got values in [{X.min():g}, {X.max():g}]")
+            raise ValueError(f"distortion='bernoulli' needs {input_name} in [0, 1]; got values in [{X.min():g}, {X.max():g}]")
         return X
 
     # using the fitted model
@@ -222,7 +243,7 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         `BetaVAE`: R is the KL to the prior and the score is the ELBO (the Bernoulli log-likelihood bound
         for "bernoulli"; for "mse", that of a Gaussian decoder of variance 1/2 up to a constant of the data).
         `IPAE`: R is the pairwise-KL upper bound on I(x; z) of each batch's code mixture (Kolchinsky &
-        Tracey, 2017), not IPAE's own eq. 10, whose slack grows like Var(mu) / sigma^2 as beta falls.
+        Tracey, 2017; computed in float64), not IPAE's own eq. 10, whose slack grows like Var(mu) / sigma^2 as beta falls.
 
         Limits: it ranks the trade-off at weight 1 only (for the VAE, the likelihood bound, which the
         beta = 1 model is trained for), not the codes' use for another task: score that task with its own
@@ -243,7 +264,8 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
             x = torch.tensor(X[i : i + batch_size], device=device)  # (B, n_features)
             mu, logvar = model.encode(x)  # (B, D) each
             z = reparameterise(mu, logvar, torch.randn(mu.shape, generator=generator, device=device, dtype=mu.dtype))  # (B, D)
-            objective = model.distortion_per_sample(x, z).mean() + rate(mu, logvar, z)
+            # the rate in float64: codes far apart make its pairwise terms cancel to within float32's rounding
+            objective = model.distortion_per_sample(x, z).double().mean() + rate(mu.double(), logvar.double(), z.double())
             total += float(objective) * len(x)
         return -total / len(X)
 
@@ -263,6 +285,7 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                 "rate": self.history_.rate.tolist(),
             },
             "seconds": self.history_.seconds,
+            "monitor_": self.monitor_,
         }
         if hasattr(self, "feature_names_in_"):
             record["feature_names_in_"] = self.feature_names_in_.tolist()
@@ -285,7 +308,10 @@ class IPAE(_AutoEncoderTransformer):
     the batches and the noise, so that the same int gives the same result twice on a device.
 
     Fitted attributes: `model_` (the `AutoEncoder`), `n_features_in_`, `seed_`, `history_`
-    (a `TrainResult` of per-step loss, distortion and rate) and `loss_curve_` (= `history_.loss`).
+    (a `TrainResult` of per-step loss, distortion and rate), `loss_curve_` (= `history_.loss`) and
+    `monitor_`: with `fit(X, monitor=X_heldout)`, the measurements of I(x; z) and the distortion of
+    X_heldout every `monitor_every` steps and at the end (`ipae.train.train`'s monitor records; each
+    costs seconds at 5000 points, with `monitor_samples` Monte Carlo draws per point); [] without.
     With `checkpoint_dir` and `checkpoint_every` = N, the fit so far is saved there every N steps, and
     a fit that was killed continues from it when run again with the same parameters; the checkpoint
     is removed when the fit ends.
@@ -351,6 +377,7 @@ def load_estimator(directory: str | Path) -> IPAE | BetaVAE:
             **{name: np.asarray(values, dtype=np.float64) for name, values in record["history_"].items()}, seconds=record["seconds"]
         )
         n_features_in, seed = int(record["n_features_in_"]), int(record["seed_"])
+        monitor = list(record.get("monitor_", []))  # absent from estimators saved by earlier versions
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{directory / 'model.json'}: damaged estimator metadata ({type(error).__name__}: {error})") from None
     model = load_model(directory)
@@ -372,4 +399,5 @@ def load_estimator(directory: str | Path) -> IPAE | BetaVAE:
     estimator.seed_ = seed
     estimator.history_ = history
     estimator.loss_curve_ = history.loss
+    estimator.monitor_ = monitor
     return estimator

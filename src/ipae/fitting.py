@@ -82,13 +82,15 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     metadata: dict | None = None,
     on_log: Callable[[dict], None] | None = None,
+    monitor=None,
 ) -> tuple[AutoEncoder, TrainResult]:
     """Build the model of `spec` (weights from `seed`) and train it on `data` (N, ...), an array, a
     tensor or a `RowReader` of a file (what `load_array(..., mmap=True)` gives for a large .npy: read
     batch by batch).
 
     `resume`: a model directory with a training state (a checkpoint, or a finished fit) to continue from.
-    `checkpoint_dir`, `metadata` and `on_log` are `train`'s.
+    `checkpoint_dir`, `metadata`, `on_log` and `monitor` (held-out points whose I(x; z) is measured
+    every `config.monitor_every` steps) are `train`'s.
     """
     if data.ndim < 2 or len(data) == 0:
         raise ValueError(f"data must be a non-empty array (N, ...) of samples, got shape {tuple(data.shape)}")
@@ -99,15 +101,26 @@ def fit(
     model = build_model(spec, tuple(data.shape[1:]), seed=seed)
     if config.device is not None:
         model.to(torch.device(config.device))
-    result = train(model, data, config, resume=resume, checkpoint_dir=checkpoint_dir, metadata=metadata, on_log=on_log)
+    result = train(model, data, config, resume=resume, checkpoint_dir=checkpoint_dir, metadata=metadata, on_log=on_log, monitor=monitor)
     return model, result
 
 
 # The options of a fit, as `ipae fit` takes them and its config.toml records them: where each goes.
 SPEC_OPTIONS = ("arch", "n_components", "hidden", "activation", "distortion", "rate", "beta")
 RATE_OPTIONS = {"n_partners": "n_partners", "mc_samples": "n_samples"}  # option -> the rate's own keyword
-TRAIN_OPTIONS = ("steps", "batch_size", "lr", "seed", "precision", "compile", "log_every", "checkpoint_every")
-DATA_OPTIONS = ("data", "key")
+TRAIN_OPTIONS = (
+    "steps",
+    "batch_size",
+    "lr",
+    "seed",
+    "precision",
+    "compile",
+    "log_every",
+    "checkpoint_every",
+    "monitor_every",
+    "monitor_samples",
+)
+DATA_OPTIONS = ("data", "key", "monitor", "monitor_key")  # monitor: a file of held-out points, as data is
 OPTIONS = (*DATA_OPTIONS, *SPEC_OPTIONS, *RATE_OPTIONS, *TRAIN_OPTIONS)
 
 
@@ -145,8 +158,13 @@ def read_options(path: str | Path) -> dict:
 
 # The types an option takes in a config file or a run's recorded options (TOML and JSON types; a bool is no integer here).
 _OPTION_TYPES = {
-    **dict.fromkeys(("data", "key", "arch", "activation", "distortion", "rate", "precision"), ((str,), "a string")),
-    **dict.fromkeys(("n_components", "mc_samples", "steps", "batch_size", "seed", "log_every", "checkpoint_every"), ((int,), "an integer")),
+    **dict.fromkeys(
+        ("data", "key", "monitor", "monitor_key", "arch", "activation", "distortion", "rate", "precision"), ((str,), "a string")
+    ),
+    **dict.fromkeys(
+        ("n_components", "mc_samples", "steps", "batch_size", "seed", "log_every", "checkpoint_every", "monitor_every", "monitor_samples"),
+        ((int,), "an integer"),
+    ),
     "hidden": ((list, tuple), "a list of integers"),
     "beta": ((int, float), "a number"),
     "lr": ((int, float), "a number"),
@@ -177,8 +195,9 @@ def _checked_options(values: dict, source: Path, unknown_means: str) -> dict:
             raise ValueError(f"{source}: {error}") from None
     if isinstance(options.get("hidden"), list):
         options["hidden"] = tuple(options["hidden"])
-    if "data" in options:
-        options["data"] = str(_within(source.parent, options["data"], source))
+    for name in ("data", "monitor"):
+        if name in options:
+            options[name] = str(_within(source.parent, options[name], source, name))
     return options
 
 
@@ -187,7 +206,7 @@ def _short_repr(value: object) -> str:
     return text if len(text) <= 80 else text[:80] + "..."
 
 
-def _within(directory: Path, name: str, source: Path) -> Path:
+def _within(directory: Path, name: str, source: Path, option: str = "data") -> Path:
     """The file `name` that `source` names: as written when absolute, else under `directory`, which it may not leave."""
     if Path(name).is_absolute():
         return Path(name)
@@ -195,9 +214,11 @@ def _within(directory: Path, name: str, source: Path) -> Path:
         base = directory.resolve()
         target = (base / name).resolve()  # symbolic links followed: a link out of the directory leaves it
     except (OSError, ValueError, RuntimeError) as error:  # a NUL byte, a loop of links
-        raise ValueError(f"{source}: data {_short_repr(name)} is not a usable path ({error})") from None
+        raise ValueError(f"{source}: {option} {_short_repr(name)} is not a usable path ({error})") from None
     if not target.is_relative_to(base):
-        raise ValueError(f"{source}: data {_short_repr(name)} leads outside {directory}; a relative path must stay in the file's directory")
+        raise ValueError(
+            f"{source}: {option} {_short_repr(name)} leads outside {directory}; a relative path must stay in the file's directory"
+        )
     return target
 
 
@@ -209,8 +230,8 @@ def options_toml(options: dict) -> str:
 
 def merged_options(given: dict, *, resume: str | Path | None = None, config: str | Path | None = None) -> dict:
     """The options of a fit: those the run in `resume` ran with, then the TOML file `config`, then
-    `given` (the command line), each overriding the one before; `data` made absolute (a relative one
-    in `config` or in the run's record is under that file's directory, see `read_options`)."""
+    `given` (the command line), each overriding the one before; `data` and `monitor` made absolute (a
+    relative one in `config` or in the run's record is under that file's directory, see `read_options`)."""
     options = {}
     if resume is not None:
         metadata = read_metadata(resume)
@@ -226,12 +247,17 @@ def merged_options(given: dict, *, resume: str | Path | None = None, config: str
     options |= given
     if "data" not in options:
         raise ValueError('no data: give DATA, or `data = "..."` in the --config file')
-    return options | {"data": str(Path(options["data"]).absolute())}
+    paths = {name: str(Path(options[name]).absolute()) for name in ("data", "monitor") if name in options}
+    return options | paths
 
 
 def save_fit(directory: Path, model: AutoEncoder, result: TrainResult, options: dict) -> None:
-    """A fit's model directory: the model with its training state and options, config.toml, metrics.json."""
+    """A fit's model directory: the model with its training state and options, config.toml, metrics.json
+    (the final loss, distortion and rate; with a monitor, its last measurement: I(x; z) of the monitor
+    points by `ipae.diagnostics.information`'s keys and their heldout_distortion)."""
     save_model(model, directory, state=result.state, metadata={"fit": options})
     write_atomic(directory / "config.toml", lambda tmp: tmp.write_text(options_toml(options)))
     final = {"loss": result.loss[-1], "distortion": result.distortion[-1], "rate": result.rate[-1], "train_seconds": result.seconds}
-    write_json(directory / "metrics.json", {"steps": len(result.loss), **{key: float(value) for key, value in final.items()}})
+    measured = result.monitor[-1] if result.monitor and result.monitor[-1]["step"] == len(result.loss) else {}
+    heldout = {key: value for key, value in measured.items() if key not in ("step", "monitor_seconds")}
+    write_json(directory / "metrics.json", {"steps": len(result.loss), **{key: float(value) for key, value in final.items()}, **heldout})

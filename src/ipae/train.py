@@ -4,7 +4,8 @@
 an array, a file read by rows, a Dataset, a DataLoader or any iterable of batches), the noise,
 precision and torch.compile, distributed training (rank slices and the all-gather of the codes that
 the global-batch rate needs), the divergence check, logging, a progress bar, and checkpoints every N
-steps with an exact resume.
+steps with an exact resume. Given held-out points (`monitor`), it measures I(x; z) of their codes as it
+goes, with draws of its own, so that the weights are the same with and without it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import ipae.distributed as distributed
 from ipae.checkpoint import TrainState, load_state, load_weights, read_model_weights, save_model
 from ipae.data import arrays
 from ipae.data.arrays import RowReader
+from ipae.diagnostics import measure
 from ipae.models import AutoEncoder
 from ipae.results import staged_directory
 
@@ -68,10 +70,16 @@ class TrainConfig:
     device: str | None = None  # where to train; None: where the model is
     log_every: int = 100  # steps between divergence checks (one host sync each) and log records
     checkpoint_every: int | None = None  # with a checkpoint directory: save the run so far every N steps
+    # With train(monitor=X): steps between measurements of I(x; z) on X, a multiple of log_every. 500 gives
+    # 10 points on the paper's 5000-step run; each costs seconds at N = 5000 (benchmarks/monitor.py).
+    monitor_every: int = 500
+    # Monte Carlo draws per monitor point: one, because I_mc and I_loo average over the N points (at N =
+    # 5000 one draw and 16 differ by hundredths of a nat) while the cost of the draws grows with their number.
+    monitor_samples: int = 1
     progress: bool | None = None  # a progress bar; None: only on a terminal
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "n_samples", "log_every"):
+        for name in ("steps", "batch_size", "n_samples", "log_every", "monitor_every", "monitor_samples"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -92,17 +100,26 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def check_monitor(self) -> None:
+        """ValueError unless a run with these settings can monitor I(x; z): it is logged with the loss."""
+        if self.monitor_every % self.log_every:
+            raise ValueError(
+                f"monitor_every ({self.monitor_every}) must be a multiple of log_every ({self.log_every}): I(x; z) is logged with the loss"
+            )
+
 
 @dataclass
 class TrainResult:
     """History of a run: per-step loss, distortion and rate (each (steps,), from step 0 also for a
-    continued run), the wall time of this call's loop, and the state to continue from."""
+    continued run), the wall time of this call's loop, the state to continue from, and the monitor's
+    measurements (`train(monitor=...)`; from step 0 also for a continued run)."""
 
     loss: np.ndarray
     distortion: np.ndarray
     rate: np.ndarray
     seconds: float
     state: TrainState | None = field(default=None, repr=False)
+    monitor: list[dict] = field(default_factory=list)
 
 
 class TrainingDiverged(RuntimeError):
@@ -379,6 +396,7 @@ def train(
     on_log: Callable[[dict], None] | None = None,
     checkpoint_dir: str | Path | None = None,
     metadata: dict | None = None,
+    monitor=None,
 ) -> TrainResult:
     """Train `model` in place with Adam on `data`; returns the per-step history.
 
@@ -402,6 +420,12 @@ def train(
     of the schedule. Run in pieces, training gives the same weights as in one piece (bit for bit on the CPU).
     A continuation must have the run's settings and, from a tensor, array or file, its data (a SHA-256
     of which the state records); the call is checked whole before the model changes.
+    Monitoring: with `monitor`, held-out points (M, ...) as a tensor or array, every `config.monitor_every`
+    steps and at the end the log record also holds I(x; z) of their codes (`ipae.diagnostics.information`:
+    I_mc, I_loo, I_lower, I_upper, I_points, I_log_n, I_saturated), `heldout_distortion` (one sampled code
+    each) and `monitor_seconds` (what the measurement took). The codes are encoded in eval mode without
+    gradients, and the draws come from a generator of their own, seeded from `config.seed` and the step:
+    the weights are those of a run without `monitor`, and a continued run measures as one that never stopped.
     """
     if not isinstance(model, AutoEncoder):
         raise ValueError(f"model must be an ipae.AutoEncoder, got {type(model).__name__}")
@@ -419,6 +443,7 @@ def train(
     dtype = parameter.dtype
     precision = resolve_precision(config.precision, device)
     source = _source(data, config, device, dtype)
+    monitor = None if monitor is None else _monitor_points(monitor, model, config, device, dtype)
     settings = {**source.settings, "lr": config.lr, "n_samples": config.n_samples, "seed": config.seed, "precision": precision}
     if resume is not None:
         _check_continuation(resume.settings, settings)
@@ -447,10 +472,13 @@ def train(
     show = (sys.stderr.isatty() if config.progress is None else config.progress) and main
     n_latent = None
     checked, logged = first, first - first % config.log_every  # a continued run logs the same windows as one that never stopped
+    measured = [record for record in (resume.monitor if resume is not None else []) if record["step"] <= logged]
     if resume is not None and on_log is not None:  # the records of the steps before `resume`, again: a continued log is whole
+        earlier = {record["step"]: record for record in measured}
         for done in range(config.log_every, logged + 1, config.log_every):
             loss, distortion, rate = history[done - config.log_every : done].mean(dim=0).tolist()
-            on_log({"step": done, "loss": loss, "distortion": distortion, "rate": rate, "seconds": None})
+            record = {"step": done, "loss": loss, "distortion": distortion, "rate": rate, "seconds": None}
+            on_log(record | {key: value for key, value in earlier.get(done, {}).items() if key != "step"})
     start = time.perf_counter()
     model.train()
     with tqdm(initial=first, total=end, disable=not show, desc="train", unit="step", leave=False) as bar:
@@ -471,7 +499,7 @@ def train(
             optimizer.step()
             history[step] = torch.stack(terms).detach()
             done = step + 1
-            log_now = done % config.log_every == 0 or done == end
+            log_now = done % config.log_every == 0 or done == end  # monitor_every is a multiple of log_every
             save_now = every is not None and done % every == 0 and done < end
             if not (log_now or save_now):
                 continue
@@ -485,20 +513,62 @@ def train(
                 raise TrainingDiverged(done - 1, _result(history[:done], time.perf_counter() - start), what="the weights")
             checked = done
             if log_now:
+                found = {}
+                if monitor is not None and (done % config.monitor_every == 0 or done == end):
+                    found = _measure(model, monitor, config, done)
+                    measured.append({"step": done, **found})
                 if on_log is not None:
                     loss, distortion, rate = history[logged:done].mean(dim=0).tolist()
-                    on_log({"step": done, "loss": loss, "distortion": distortion, "rate": rate, "seconds": time.perf_counter() - start})
+                    record = {"step": done, "loss": loss, "distortion": distortion, "rate": rate, "seconds": time.perf_counter() - start}
+                    on_log(record | found)
                 bar.set_postfix(loss=f"{float(history[done - 1, 0]):.4g}", refresh=False)
                 bar.update(done - bar.n)
                 logged = done
             if save_now and main:
-                state = TrainState(done, settings, _detached(optimizer.state_dict()), generator.get_state(), history[:done].cpu())
+                state = TrainState(
+                    done, settings, _detached(optimizer.state_dict()), generator.get_state(), history[:done].cpu(), list(measured)
+                )
                 with staged_directory(checkpoint_dir, overwrite=True) as stage:
                     save_model(model, stage, metadata=metadata, state=state)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    state = TrainState(end, settings, _detached(optimizer.state_dict()), generator.get_state(), history.cpu())
-    return _result(history, time.perf_counter() - start, state)
+    state = TrainState(end, settings, _detached(optimizer.state_dict()), generator.get_state(), history.cpu(), list(measured))
+    return _result(history, time.perf_counter() - start, state, measured)
+
+
+def _monitor_points(points, model: AutoEncoder, config: TrainConfig, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The held-out points of `train(monitor=...)` as a tensor on the device, checked before training starts."""
+    if not isinstance(points, (Tensor, np.ndarray)):
+        raise ValueError(f"monitor must be a tensor or an array of held-out points (M, ...), got {type(points).__name__}")
+    points = torch.from_numpy(_torch_array(points)) if isinstance(points, np.ndarray) else points
+    _check_array(points)
+    if len(points) < 2:
+        raise ValueError(f"monitor needs at least 2 held-out points (I_loo leaves each one out), got {len(points)}")
+    if model.architecture is not None:
+        model.architecture.check_input(tuple(points.shape[1:]))
+    config.check_monitor()
+    return points.to(device=device, dtype=dtype)
+
+
+def _monitor_seed(seed: int, step: int) -> int:
+    """The seed of the monitor's draws at `step`: a stream apart from training's, the same in a continued run."""
+    return int(np.random.SeedSequence((seed % 2**64, _MONITOR_STREAM, step)).generate_state(1, np.uint64)[0])
+
+
+_MONITOR_STREAM = 0x6D6F6E  # tells the monitor's seeds from any other use of (seed, step)
+
+
+def _measure(model: AutoEncoder, points: Tensor, config: TrainConfig, step: int) -> dict:
+    """The monitor's record at `step`: I(x; z) and the distortion of the held-out `points`, in eval mode."""
+    start = time.perf_counter()
+    generator = torch.Generator().manual_seed(_monitor_seed(config.seed, step))  # `encode` gives float64 codes on the CPU
+    model.eval()
+    try:
+        found = measure(model, points, generator=generator, n_samples=config.monitor_samples)
+    finally:
+        model.train()
+    distortion = found.pop("distortion")
+    return found | {"heldout_distortion": distortion, "monitor_seconds": time.perf_counter() - start}
 
 
 def _check_continuation(then: dict, now: dict) -> None:
@@ -546,6 +616,8 @@ def _detached(optimizer_state: dict) -> dict:
     return {"state": state, "param_groups": optimizer_state["param_groups"]}
 
 
-def _result(history: Tensor, seconds: float, state: TrainState | None = None) -> TrainResult:
+def _result(history: Tensor, seconds: float, state: TrainState | None = None, monitor: list[dict] | None = None) -> TrainResult:
     values = history.cpu().double().numpy()
-    return TrainResult(loss=values[:, 0], distortion=values[:, 1], rate=values[:, 2], seconds=seconds, state=state)
+    return TrainResult(
+        loss=values[:, 0], distortion=values[:, 1], rate=values[:, 2], seconds=seconds, state=state, monitor=list(monitor or [])
+    )

@@ -94,5 +94,8 @@ def _grid_figure(runs: list[Run], outcomes: list[ToyOutcome]) -> Figure:
             error = outcome.metrics["E"]
             mark = " (best)" if error == best else ""
             draw_reconstruction(panel, outcome.inputs, outcome.reconstruction, title=f"{model} β={run.beta:g}\nE={error:.3f}{mark}")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.3 / figure.get_figheight()))  # room for the legend above the panels
+    drawn = next((panel for panel in figure.axes if panel.collections), None)
+    if drawn is not None:
+        figure.legend(*drawn.get_legend_handles_labels(), loc="upper center", ncol=2, fontsize=8, markerscale=2, frameon=False)
     return figure

@@ -95,12 +95,12 @@ def child_seeds(seed: int, count: int) -> list[int]:
     return [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(count)]
 
 
-def train_logged(model, data, config: TrainConfig, log: Path) -> tuple[TrainResult | None, dict]:
-    """Train with the JSON-lines log at `log`; returns the result and {"status": "ok"}, or None and
-    the failure's record (status, error, failed_step, train_seconds) when the loss turned non-finite."""
+def train_logged(model, data, config: TrainConfig, log: Path, *, monitor=None) -> tuple[TrainResult | None, dict]:
+    """Train with the JSON-lines log at `log` (and `train`'s `monitor`); returns the result and {"status": "ok"},
+    or None and the failure's record (status, error, failed_step, train_seconds) when the loss turned non-finite."""
     try:
         with json_lines(log) as write:
-            return train(model, data, config, on_log=write), {"status": "ok"}
+            return train(model, data, config, on_log=write, monitor=monitor), {"status": "ok"}
     except TrainingDiverged as diverged:
         return None, {"status": "failed", "error": str(diverged), "failed_step": diverged.step, "train_seconds": diverged.result.seconds}
 

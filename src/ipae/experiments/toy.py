@@ -28,7 +28,9 @@ class ToyOutcome(NamedTuple):
     reconstruction: torch.Tensor | None  # (N, 2) decoded mean codes; None when training diverged
 
 
-def run_toy(run: Run, out: Path, *, device: str | torch.device | None = None, progress: bool | None = None) -> ToyOutcome:
+def run_toy(
+    run: Run, out: Path, *, device: str | torch.device | None = None, progress: bool | None = None, monitor: bool = False
+) -> ToyOutcome:
     """Train and evaluate one toy run, writing into the existing directory `out`:
     metrics.json, metrics.jsonl (the training log), and unless training diverged, reconstruction.png and
     the model. Returns the metrics.
@@ -37,7 +39,9 @@ def run_toy(run: Run, out: Path, *, device: str | torch.device | None = None, pr
     themselves), train_seconds (the training loop alone), status ("ok" or "failed"), the config, and
     `ipae.diagnostics.diagnose`'s numbers on a fresh draw of 5000 points from the same mixture (I(x; z),
     distortion, log-variance, and k-means NMI/ARI against the 25 components).
-    `device`: where to train (None: CUDA when present, else the CPU).
+    `device`: where to train (None: CUDA when present, else the CPU). `monitor`: the training log also
+    holds I(x; z) and the distortion of those 5000 held-out points every `run.training.monitor_every`
+    steps (`ipae.train.train`'s monitor); the weights are the same either way.
     """
     device = resolve_device(device)
     out.mkdir(exist_ok=True)
@@ -51,7 +55,8 @@ def run_toy(run: Run, out: Path, *, device: str | torch.device | None = None, pr
         "E_identity": centre_distance(data.x, data.labels, data.centres),
     }
     config = replace(run.training, seed=train_seed, progress=progress)
-    result, status = train_logged(model, data.x, config, out / "metrics.jsonl")
+    held_out = gaussian_grid(seed=evaluation_seed)
+    result, status = train_logged(model, data.x, config, out / "metrics.jsonl", monitor=held_out.x if monitor else None)
     metrics |= status
     if result is None:
         write_json(out / "metrics.json", metrics)
@@ -62,7 +67,6 @@ def run_toy(run: Run, out: Path, *, device: str | torch.device | None = None, pr
         noise = torch.randn(mu.shape, generator=torch.Generator().manual_seed(train_seed)).to(device)
         mean_reconstruction = model.decode(mu).cpu()
         sampled_reconstruction = model.decode(reparameterise(mu, logvar, noise)).cpu()
-    held_out = gaussian_grid(seed=evaluation_seed)
     metrics |= diagnose(model, held_out.x, y_test=held_out.labels.numpy(), x_information=held_out.x, seed=evaluation_seed)
     metrics |= {
         "E": centre_distance(mean_reconstruction, data.labels, data.centres),
@@ -73,7 +77,9 @@ def run_toy(run: Run, out: Path, *, device: str | torch.device | None = None, pr
         "train_seconds": result.seconds,
     }
     figure = Figure(figsize=(4, 4))
-    draw_reconstruction(figure.add_subplot(), data.x, mean_reconstruction, title=f"{run.rate.name}, β={run.beta:g}, E={metrics['E']:.3f}")
+    axes = figure.add_subplot()
+    draw_reconstruction(axes, data.x, mean_reconstruction, title=f"{run.rate.name}, β={run.beta:g}, E={metrics['E']:.3f}")
+    axes.legend(fontsize=7, loc="upper right", markerscale=2)
     save_png(figure, out / "reconstruction.png")
     save_model(model, out)
     write_json(out / "metrics.json", metrics)
@@ -81,9 +87,9 @@ def run_toy(run: Run, out: Path, *, device: str | torch.device | None = None, pr
 
 
 def draw_reconstruction(axes, inputs: torch.Tensor, reconstructions: torch.Tensor, *, title: str) -> None:
-    """The paper's Figure 1 panel: inputs as red circles, reconstructions as blue dots."""
-    axes.scatter(inputs[:, 0], inputs[:, 1], s=12, facecolors="none", edgecolors="red", linewidths=0.4, label="input")
-    axes.scatter(reconstructions[:, 0], reconstructions[:, 1], s=2, color="blue", label="reconstruction")
+    """The paper's Figure 1 panel: inputs as red circles, reconstructions as blue dots, labelled so for a legend."""
+    axes.scatter(inputs[:, 0], inputs[:, 1], s=12, facecolors="none", edgecolors="red", linewidths=0.4, label="input (red circles)")
+    axes.scatter(reconstructions[:, 0], reconstructions[:, 1], s=2, color="blue", label="reconstruction (blue dots)")
     axes.set_title(title, fontsize=9)
     axes.set_xlim(-6, 6)
     axes.set_ylim(-6, 6)

@@ -1,0 +1,106 @@
+"""What monitoring I(x; z) while training costs: the MNIST preset trained with and without `train(monitor=...)`.
+
+    python benchmarks/monitor.py                       # 1000 steps, 5000 held-out points every 500 steps
+    python benchmarks/monitor.py --steps 5000          # the whole preset run, measured end to end
+    python benchmarks/monitor.py --steps 40 --every 20 --points 500 --repeats 1   # a quick check that it runs
+
+The MNIST preset (784-1024-8, Bernoulli distortion, IPAE with N_j = 1, batch 512) trains on the paper's
+digits 1, 3, 4 (PAPER_N_TRAIN images drawn from the training split); the monitor measures the first
+`--points` test images of all ten digits (digits 1, 3, 4 have 3127; a measurement's cost depends on the
+number of points and the code's size only) every `--every` steps and at the end, with `--samples` Monte
+Carlo draws per point. Runs alternate (plain, monitored, plain, ...) `--repeats` times in this process, after one
+warm-up run each. Printed: the training seconds of each run, the seconds the measurements took
+(`monitor_seconds` of the records), the measured overhead (monitored / plain - 1), and the overhead the
+paper's 5000-step run would have at `--every`: its number of measurements times the median measurement
+over 5000 plain steps. The weights of the paired runs are checked to be equal bit for bit.
+
+On a machine where other jobs share the cores the times vary from run to run: read the spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from ipae.data.mnist import PAPER_DIGITS, PAPER_N_TRAIN, load_mnist
+from ipae.models import AutoEncoder
+from ipae.results import cpu_name
+from ipae.train import TrainConfig, keep_freed_memory, train
+
+BUDGET = 0.05  # the monitor may add at most 5 % to the MNIST preset's training time at the defaults
+PAPER_STEPS = 5000
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1000, help="training steps per run (default 1000)")
+    parser.add_argument("--every", type=int, default=TrainConfig.monitor_every, help="steps between measurements (default 500)")
+    parser.add_argument("--points", type=int, default=5000, help="held-out points measured (default 5000)")
+    parser.add_argument("--samples", type=int, default=TrainConfig.monitor_samples, help="Monte Carlo draws per point (default 1)")
+    parser.add_argument("--repeats", type=int, default=2, help="pairs of runs (default 2)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: torch's)")
+    parser.add_argument("--data-dir", type=Path, help="the four MNIST files (default: ipae's cache, downloading)")
+    args = parser.parse_args(argv)
+    if min(args.steps, args.every, args.points, args.samples, args.repeats, args.threads) < 1 or args.points < 2:
+        parser.error("--steps, --every, --samples, --repeats and --threads must be >= 1, --points >= 2")
+    return args
+
+
+def _run(x: torch.Tensor, held_out: torch.Tensor | None, config: TrainConfig) -> tuple[float, list[dict], dict]:
+    model = AutoEncoder.from_preset("mnist", seed=0)
+    result = train(model, x, config, monitor=held_out)
+    return result.seconds, result.monitor, {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
+    keep_freed_memory()  # as the `ipae` command does
+    torch.set_num_threads(args.threads)
+    splits = load_mnist(args.data_dir, digits=PAPER_DIGITS, n_train=PAPER_N_TRAIN, seed=0)
+    x = torch.from_numpy(splits.x_train)
+    held_out = torch.from_numpy(load_mnist(args.data_dir).x_test[: args.points])
+    config = TrainConfig(
+        steps=args.steps, log_every=math.gcd(TrainConfig.log_every, args.every), monitor_every=args.every, monitor_samples=args.samples
+    )
+    print(f"CPU: {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), {args.threads} torch threads; torch {torch.__version__}")
+    print(f"command: python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:] if argv is None else argv)}")
+    print(f"MNIST preset on {len(x)} images, {args.steps} steps; monitor: {len(held_out)} held-out points every {args.every} steps")
+    warm = TrainConfig(steps=min(args.steps, 20), log_every=min(args.steps, 20), monitor_every=min(args.steps, 20))
+    _run(x, None, warm)
+    _run(x, held_out[:100], warm)
+    plain_seconds, monitored_seconds, measurement_seconds = [], [], []
+    for repeat in range(args.repeats):
+        plain, _, plain_weights = _run(x, None, config)
+        monitored, records, monitored_weights = _run(x, held_out, config)
+        if any(not torch.equal(plain_weights[name], monitored_weights[name]) for name in plain_weights):
+            print("FAIL: the monitored run's weights differ from the plain run's")
+            return 1
+        measurements = [record["monitor_seconds"] for record in records]
+        plain_seconds.append(plain)
+        monitored_seconds.append(monitored)
+        measurement_seconds += measurements
+        print(
+            f"repeat {repeat}: plain {plain:.2f} s, monitored {monitored:.2f} s ({len(measurements)} measurements: "
+            f"{', '.join(f'{m:.2f}' for m in measurements)} s); overhead {monitored / plain - 1:+.1%}"
+        )
+    ratios = [monitored / plain - 1 for plain, monitored in zip(plain_seconds, monitored_seconds, strict=True)]
+    step = statistics.median(plain_seconds) / args.steps
+    measurement = statistics.median(measurement_seconds)
+    count = len(range(args.every, PAPER_STEPS + 1, args.every)) + (PAPER_STEPS % args.every != 0)
+    projected = count * measurement / (PAPER_STEPS * step)
+    print(f"plain training: {1e3 * step:.2f} ms/step (median); one measurement: {measurement:.2f} s (median)")
+    spread = f"min {min(ratios):+.1%}, max {max(ratios):+.1%}"
+    print(f"measured overhead over {args.steps} steps: median {statistics.median(ratios):+.1%} ({spread})")
+    verdict = "PASS" if projected <= BUDGET else "FAIL"
+    run = f"the {PAPER_STEPS}-step preset run"
+    print(f"projected for {run}: {count} measurements, {projected:.1%} of training (budget {BUDGET:.0%}): {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
