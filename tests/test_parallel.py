@@ -1,20 +1,26 @@
-"""ipae.experiments.parallel: runs in order, and no worker outlives its parent.
+"""ipae.experiments.parallel: runs in order, no worker outlives its parent, and a Dask cluster gives the records of local workers.
 
 The kill tests send SIGKILL to the main process only, as a user's `kill -9 PID` or the OOM killer does (a
 kill of the whole process group would hide orphaned workers), while its workers train, and then look at
 every process of the command's session: none may be alive 5 s later.
 """
 
+import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 
-from ipae.experiments.parallel import map_runs
+from ipae.cli import main
+from ipae.experiments.parallel import map_runs, on_cluster
+from ipae.experiments.rate_matched import reproduce_rate_matched
+from ipae.train import TrainConfig
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 needs_mnist = pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"the real MNIST files are not at {SHARED_MNIST}")
@@ -128,3 +134,92 @@ def test_no_worker_outlives_a_sigkill_of_the_commands_main_process(name, tmp_pat
     options = ["--steps", "1000000", "--jobs", "2", "--threads", "1", "--quiet", "--out", str(tmp_path / "out")]
     command = [sys.executable, "-m", "ipae.cli", *SWEEPS[name], *options]
     _kill_the_main_process(command, tmp_path, lambda session: len(list(tmp_path.rglob("*.jsonl"))) >= 2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# On a Dask cluster (`ipae[cluster]`): a LocalCluster of 2 single-thread worker processes on this machine
+
+TIMING = {"train_seconds", "seconds"}  # wall times differ between any two runs
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    distributed = pytest.importorskip("distributed", reason="the Dask cluster tests need ipae[cluster]")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as local:
+        yield local.scheduler_address
+
+
+def _without_timing(record: dict) -> dict:
+    return {key: value for key, value in record.items() if key not in TIMING}
+
+
+def _contents(out: Path) -> dict[str, object]:
+    """Every file under `out` but the lock: JSON and JSON lines without wall times, other files as bytes."""
+    found = {}
+    for path in sorted(out.rglob("*")):
+        name = path.relative_to(out).as_posix()
+        if not path.is_file() or path.name == "sweep.lock":
+            continue
+        if path.suffix == ".json":
+            value = json.loads(path.read_text())
+            found[name] = _without_timing(value) if isinstance(value, dict) else value
+        elif path.suffix == ".jsonl":
+            found[name] = [_without_timing(json.loads(line)) for line in path.read_text().splitlines()]
+        else:
+            found[name] = path.read_bytes()
+    return found
+
+
+def test_a_sweep_on_a_local_cluster_writes_the_records_of_jobs_2(cluster, tmp_path):
+    """The same records, bit for bit but the wall times, and every other file the same, written by this process."""
+    grids = {"vae": (0.1,), "ip1": (0.01,)}
+    sweep = partial(reproduce_rate_matched, training=TrainConfig(steps=3), dataset="toy", pilot=True, grids=grids, repeats=2)
+    sweep(tmp_path / "jobs", jobs=2, progress=False)
+    with on_cluster(cluster, tmp_path / "cluster"):
+        sweep(tmp_path / "cluster", progress=False)
+    local, remote = _contents(tmp_path / "jobs"), _contents(tmp_path / "cluster")
+    assert len([name for name in local if name.endswith("metrics.json")]) == 4  # 2 cells x 2 repeats
+    assert remote.keys() == local.keys()
+    for name in local:
+        assert remote[name] == local[name], name
+    records = [json.loads(line) for line in (tmp_path / "cluster" / "runs.jsonl").read_text().splitlines()]
+    assert all(record["status"] == "ok" and math.isfinite(record["E_sampled"]) for record in records)
+
+
+def test_a_resumed_sweep_on_the_cluster_keeps_its_finished_runs(cluster, tmp_path):
+    sweep = partial(reproduce_rate_matched, training=TrainConfig(steps=3), dataset="toy", pilot=True, grids={"vae": (0.1,)}, progress=False)
+    out = tmp_path / "sweep"
+    sweep(out, repeats=1)
+    first = out / "runs" / "vae-beta0.1" / "repeat-0" / "metrics.json"
+    before = (first.stat().st_mtime_ns, first.read_bytes())
+    with on_cluster(cluster, out):
+        sweep(out, repeats=2)
+    assert (first.stat().st_mtime_ns, first.read_bytes()) == before  # not run again, not written again
+    assert (out / "runs" / "vae-beta0.1" / "repeat-1" / "metrics.json").is_file()
+
+
+def _lose_the_worker_once(folder: str) -> int:
+    """Kills its own worker process on its first call; on the second, returns the number of calls."""
+    attempts = len(list(Path(folder).iterdir()))
+    (Path(folder) / str(attempts)).touch()
+    if attempts == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return attempts + 1
+
+
+def test_a_run_whose_worker_is_lost_is_run_again(cluster, tmp_path):
+    (calls := tmp_path / "calls").mkdir()
+    with on_cluster(cluster, tmp_path / "out"):
+        assert map_runs(_lose_the_worker_once, [str(calls)], progress=False) == [2]
+
+
+def test_the_cli_refuses_a_cluster_it_cannot_use_in_one_line(tmp_path, capsys):
+    out = tmp_path / "out"
+    for args, message in (
+        (["--cluster", "nonsense::"], "invalid address"),
+        (["--cluster", "tcp://127.0.0.1:8786", "--jobs", "2"], "choose one"),
+    ):
+        assert main(["reproduce", "rate-matched", "--dataset", "toy", "--steps", "2", *args, "--out", str(out)]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("ipae: error: ") and message in error and error.count("\n") == 1, error
+        assert not out.exists()
