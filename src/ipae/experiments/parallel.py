@@ -151,7 +151,8 @@ def _map_on_cluster(function: Callable[[Item], Result], items: Sequence[Item], c
         "directories": sorted(path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_dir()),
         "files": {path.relative_to(out).as_posix(): path.read_bytes() for path in sorted(out.rglob("*.json")) if path.is_file()},
     }
-    [shared] = client.scatter([known], broadcast=True)
+    # a task's result, not scattered data: the cluster computes it again should the workers that hold it be lost
+    shared = client.submit(_identity, known, pure=False)
     futures = {client.submit(_run_in_scratch, _dumps((function, item), out), shared, pure=False): i for i, item in enumerate(items)}
     results: list = [None] * len(items)
     try:
@@ -166,6 +167,10 @@ def _map_on_cluster(function: Callable[[Item], Result], items: Sequence[Item], c
     finally:
         client.cancel(list(futures))
     return results
+
+
+def _identity(value: object) -> object:
+    return value
 
 
 def _run_in_scratch(payload: bytes, known: dict) -> bytes:
