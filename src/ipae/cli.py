@@ -4,13 +4,14 @@ exit code 2, and nothing is written then; a run that fails (a non-finite loss) e
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import shutil
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -205,7 +206,13 @@ def _build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--seed", type=int, default=0)
     reproduce.add_argument("--precision", choices=PRECISIONS, default="fp32")
     reproduce.add_argument("--compile", action="store_true", help="torch.compile the objective")
-    reproduce.add_argument("--jobs", type=_positive_int, default=os.cpu_count() or 1, help="runs in parallel, one thread each")
+    reproduce.add_argument("--jobs", type=_positive_int, help="runs in parallel here, one thread each (default: one per core)")
+    reproduce.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="run on the Dask cluster whose scheduler is at ADDRESS (tcp://host:8786) instead; this process writes the results "
+        "(needs ipae[cluster]; docs/cluster.md)",
+    )
     reproduce.add_argument(
         "--repeats",
         type=_positive_int,
@@ -439,6 +446,7 @@ def _output_directory(args) -> Iterator[Path]:
 def _reproduce(args) -> int:
     from ipae.data.mnist import mnist_directory
     from ipae.experiments import conv_mnist, figure1, figure2, rate_distortion, rate_matched
+    from ipae.experiments.parallel import on_cluster
     from ipae.experiments.runs import lock_sweep
     from ipae.results import markdown_table, remove_stale, staged_directory
 
@@ -459,7 +467,11 @@ def _reproduce(args) -> int:
         raise ValueError("--resume keeps the finished runs in --out, --overwrite deletes them: choose one")
     if sweep and args.out.exists() and not (args.resume or args.overwrite):
         raise FileExistsError(f"{args.out} already exists; pass --resume to continue the sweep in it, or --overwrite to start again")
-    common = {"jobs": args.jobs, "progress": False if args.quiet else None}
+    if args.cluster is not None and args.jobs is not None:
+        raise ValueError("--jobs sets the processes of this machine, --cluster runs on the cluster's workers: choose one")
+    if args.cluster is not None and importlib.util.find_spec("distributed") is None:
+        raise ValueError("--cluster needs dask.distributed: pip install 'ipae[cluster]'")
+    common = {"jobs": args.jobs or os.cpu_count() or 1, "progress": False if args.quiet else None}
     training = TrainConfig(steps=args.steps, precision=args.precision, compile=args.compile, progress=False)
     device = resolve_device(args.device)
     experiments = {
@@ -483,7 +495,13 @@ def _reproduce(args) -> int:
             partial(rate_matched.reproduce_rate_matched, dataset=args.dataset, pilot=args.pilot, repeats=args.repeats, seed=args.seed),
         ),
     }
-    module, reproduce = experiments[args.figure]
+    module, experiment = experiments[args.figure]
+
+    def reproduce(directory: Path, *options, **keywords):
+        """The experiment into `directory`; with --cluster, its runs on the cluster's workers, their files written here."""
+        with nullcontext() if args.cluster is None else on_cluster(args.cluster, directory):
+            return experiment(directory, *options, **keywords)
+
     if sweep:
         # MNIST is found, checked or downloaded before anything is written
         data_dir = None if args.dataset == "toy" else mnist_directory(args.data_dir)
