@@ -121,6 +121,11 @@ def test_a_crash_fails_with_the_input_it_crashed_on_and_its_stack(tmp_path):
     assert "Fatal Python error: Segmentation fault" in message and "in fuzz" in message
 
 
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory):
+    return make_seeds(tmp_path_factory.mktemp("seeds"))
+
+
 def _made_files(target, index: int, folder, seeds) -> dict[str, bytes]:
     """The files that campaign input `index` of `target` writes into the new folder `folder`."""
     folder.mkdir()

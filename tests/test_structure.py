@@ -151,9 +151,10 @@ def _third_party_imports(root: Path) -> set[str]:
 
 
 def _declared() -> set[str]:
-    """The distributions pyproject.toml's [project] dependencies name, normalised (PEP 503)."""
+    """The distributions pyproject.toml's [project] dependencies and optional extras name, normalised (PEP 503)."""
     project = tomllib.loads((SRC.parent / "pyproject.toml").read_text())["project"]
-    return {re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-") for requirement in project["dependencies"]}
+    requirements = [*project["dependencies"], *(r for extra in project.get("optional-dependencies", {}).values() for r in extra)]
+    return {re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-") for requirement in requirements}
 
 
 def test_every_imported_package_is_a_declared_dependency():
