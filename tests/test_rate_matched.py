@@ -132,3 +132,9 @@ def test_a_tiny_toy_sweep_writes_its_tables_pairs_its_repeats_and_resumes(tmp_pa
     assert record.stat().st_mtime_ns == before and again["cells"] == result["cells"]
     with pytest.raises(ValueError, match="other settings"):
         reproduce_rate_matched(tmp_path / "sweep", TrainConfig(steps=4, progress=False), dataset="toy", grids=grids, repeats=1)
+
+
+def test_a_repeat_without_usable_runs_of_a_model_does_not_empty_the_pairs_range():
+    records = [r for r in _records(RATES) if not (r["model"] == "vae" and r["repeat"] == 2)]
+    rows = {row["model"]: row for row in matched_comparison(records, {"E": True}, "E")}
+    assert (rows["ip1"]["I_low"], rows["ip1"]["I_high"]) == pytest.approx((1.0, 4.0)) and rows["ip1"]["n"] == 2

@@ -296,16 +296,17 @@ def matched_runs(records: list[dict], metric: str) -> list[dict]:
 
 
 def _pair_range(records: list[dict], model: str, metric: str) -> tuple[float, float] | None:
-    """The rates both `model` and the VAE cover in every repeat: the intersection over repeats of the
-    overlap of the two models' usable runs' spans. None where some repeat does not overlap."""
+    """The rates both `model` and the VAE cover in every repeat that has usable runs of both: the
+    intersection over those repeats of the overlap of the two models' spans. None where there is none."""
     low, high = -math.inf, math.inf
     for repeat in sorted({record["repeat"] for record in records}):
         spans = []
         for name in (model, REFERENCE):
             rates = [matched_information(r) for r in _usable(records, metric) if r["model"] == name and r["repeat"] == repeat]
-            if not rates:
-                return None
-            spans.append((min(rates), max(rates)))
+            if rates:
+                spans.append((min(rates), max(rates)))
+        if len(spans) < 2:  # a repeat without usable runs of one of the two (failed or saturated) has no span
+            continue
         low, high = max(low, *(span[0] for span in spans)), min(high, *(span[1] for span in spans))
     return (low, high) if low < high else None
 
