@@ -229,3 +229,17 @@ def test_the_cli_refuses_a_cluster_it_cannot_use_in_one_line(tmp_path, capsys):
         error = capsys.readouterr().err
         assert error.startswith("ipae: error: ") and message in error and error.count("\n") == 1, error
         assert not out.exists()
+
+
+def _lose_the_worker(_: object) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_run_that_loses_every_worker_ends_in_one_error_naming_resume(tmp_path):
+    distributed = pytest.importorskip("distributed", reason="the Dask cluster tests need ipae[cluster]")
+    import dask
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as local:
+            with on_cluster(local.scheduler_address, tmp_path / "out"), pytest.raises(ConnectionError, match="rerun with --resume"):
+                map_runs(_lose_the_worker, [0], progress=False)

@@ -144,6 +144,7 @@ def on_cluster(address: str, out: str | Path) -> Iterator[None]:
 
 
 def _map_on_cluster(function: Callable[[Item], Result], items: Sequence[Item], cluster: _Cluster, bar) -> list[Result]:
+    from distributed import KilledWorker
     from distributed import as_completed as completed
 
     client, out = cluster.client, cluster.out
@@ -157,7 +158,13 @@ def _map_on_cluster(function: Callable[[Item], Result], items: Sequence[Item], c
     results: list = [None] * len(items)
     try:
         for future in completed(futures):
-            result, files = _loads(future.result(), out)
+            try:
+                payload = future.result()
+            except KilledWorker as lost:  # the scheduler gave up after its allowed failures
+                raise ConnectionError(
+                    f"the cluster lost the workers of a run until it gave up ({lost}); the finished runs are kept: rerun with --resume"
+                ) from None
+            result, files = _loads(payload, out)
             for name, data in files:  # in the order the worker wrote them
                 path = out / name
                 path.parent.mkdir(parents=True, exist_ok=True)
