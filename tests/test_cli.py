@@ -520,3 +520,11 @@ def test_monitor_options_of_toy_need_monitor_and_a_multiple_of_the_log(tmp_path,
         code, _, error = run(capsys, "toy", *args, "--out", str(tmp_path / "out"))
         assert code == 2 and error.count("\n") == 1 and message in error
     assert not (tmp_path / "out").exists()
+
+
+def test_reproduce_figure2_refuses_an_unknown_cell_before_looking_for_mnist(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("IPAE_NO_DOWNLOAD", "1")
+    monkeypatch.setenv("IPAE_DATA", str(tmp_path / "nothing"))  # no MNIST here: a data error would name it
+    code, _, error = run(capsys, "reproduce", "figure2", "--cells", "ip-beta1", "--steps", "2", "--out", str(tmp_path / "out"))
+    assert code == 2 and error.count("\n") == 1 and "no cell ip-beta1" in error
+    assert not (tmp_path / "out").exists()

@@ -459,6 +459,8 @@ def _reproduce(args) -> int:
         raise ValueError("--paper-exact applies to figure1 and figure2 only")
     if (args.rates is not None or args.cells is not None) and args.figure != "figure2":
         raise ValueError("--rates and --cells apply to figure2 only")
+    if args.figure == "figure2":  # unknown rates or cells are refused before MNIST is looked for
+        figure2.figure2_runs(TrainConfig(), rates=args.rates, cells=args.cells)
     if args.figure == "rate-matched" and args.dataset is None:
         raise ValueError("rate-matched needs --dataset: toy, mnist134 or mnist10")
     if args.figure != "rate-matched" and (args.dataset is not None or args.pilot):

@@ -387,16 +387,24 @@ def _monte_carlo(mu: Tensor, logvar: Tensor, eps: Tensor | None, chunk_size: int
     The log-ratio form (rather than -mean log p(z) minus the exact H(z|x)) cancels the noise that both
     terms share: it is exact, sample by sample, for identical or for far-apart components.
     """
-    log_own, log_others = _log_ratios(mu, logvar, eps, chunk_size)
-    return (log_own - torch.logaddexp(log_others, log_own)).mean() + math.log(mu.shape[0])
+    return _mc_of(*_log_ratios(mu, logvar, eps, chunk_size), mu.shape[0])
+
+
+def _mc_of(log_own: Tensor, log_others: Tensor, n: int) -> Tensor:
+    """The "mc" estimate from `_log_ratios`'s two (S * N,) terms: the own component added back to the mixture."""
+    return (log_own - torch.logaddexp(log_others, log_own)).mean() + math.log(n)
+
+
+def _loo_of(log_own: Tensor, log_others: Tensor, n: int) -> Tensor:
+    """The "loo" estimate from `_log_ratios`'s two (S * N,) terms, for n >= 2."""
+    return (log_own - log_others).mean() + math.log(n - 1)
 
 
 def _leave_one_out(mu: Tensor, logvar: Tensor, eps: Tensor | None, chunk_size: int) -> Tensor:
     """I = mean_ik [log p_i(z_ik) - log p_-i(z_ik)], p_-i = 1/(N-1) sum_{j != i} p_j; needs N >= 2."""
     if mu.shape[0] < 2:
         raise ValueError(f'method "loo" needs N >= 2 points, got {mu.shape[0]}')
-    log_own, log_others = _log_ratios(mu, logvar, eps, chunk_size)
-    return (log_own - log_others).mean() + math.log(mu.shape[0] - 1)
+    return _loo_of(*_log_ratios(mu, logvar, eps, chunk_size), mu.shape[0])
 
 
 # name -> I(x; z) of the batch mixture, (mu, logvar, eps, chunk_size) -> scalar; only "mc" and "loo" read eps
@@ -473,6 +481,6 @@ def estimates(mu: Tensor, logvar: Tensor, *, generator: torch.Generator, n_sampl
         found[method] = float(METHODS[method](mu, logvar, None, chunk_size))
     log_own, log_others = _log_ratios(mu, logvar, draw_mc_noise(mu, n_samples, generator), chunk_size)
     n = mu.shape[0]
-    found["mc"] = float((log_own - torch.logaddexp(log_others, log_own)).mean() + math.log(n))
-    found["loo"] = float((log_own - log_others).mean() + math.log(n - 1)) if n > 1 else math.nan
+    found["mc"] = float(_mc_of(log_own, log_others, n))
+    found["loo"] = float(_loo_of(log_own, log_others, n)) if n > 1 else math.nan
     return {method: found[method] for method in REPORTED}
