@@ -2,9 +2,11 @@
 own, the rate's options, damaged or foreign files, and continuing a run exactly."""
 
 import json
+import os
 import pickle
 import re
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -457,3 +459,30 @@ def test_the_one_way_to_save_and_load_is_the_only_one():
     assert "load_estimator" not in ipae.__all__ and not hasattr(ipae.estimators, "load_estimator")
     assert not hasattr(ipae.checkpoint, "save") and not hasattr(ipae.estimators.IPAE, "save")
     assert ipae.save.__module__ == ipae.load.__module__
+
+
+def _modes(directory: Path) -> dict[str, int]:
+    return {str(path.relative_to(directory)): stat.S_IMODE(path.stat().st_mode) for path in [directory, *directory.rglob("*")]}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_every_file_written_has_the_permissions_of_a_file_made_as_usual(tmp_path, umask):
+    model = _small()
+    state = train(model, _data(), _config(steps=3)).state
+    estimator = ipae.IPAE(n_components=2, hidden=(8,), steps=2, batch_size=16, random_state=0).fit(_data(30).numpy())
+    old = os.umask(umask)
+    try:
+        ipae.save(model, tmp_path / "model")
+        ipae.save(estimator, tmp_path / "estimator")
+        save_model(model, tmp_path / "checkpoint", state=state)  # what the training loop writes
+        ipae.save(model, tmp_path / "model", overwrite=True)
+    finally:
+        os.umask(old)
+    for name, names in [
+        ("model", ["model.json", "model.safetensors"]),
+        ("estimator", ["model.json", "model.safetensors"]),
+        ("checkpoint", ["model.json", "model.safetensors", "training.json", "training.safetensors"]),
+    ]:
+        modes = _modes(tmp_path / name)
+        assert sorted(modes) == [".", *names]
+        assert modes == {".": 0o777 & ~umask} | dict.fromkeys(names, 0o666 & ~umask), name

@@ -7,7 +7,8 @@ A model directory holds
 and, for a run that can be continued, `training.json` and `training.safetensors`: the step, the
 training settings, the optimiser's state, the noise generator's state, the history so far and the
 monitor's measurements so far.
-Every file is written atomically (temporary file, then rename).
+Every file is written atomically (temporary file, then rename), with the permissions of a file made
+as usual: 0666 less the umask.
 
 Loading opens these four names in the directory and nothing else: no path written in a file is
 followed (the options a fit recorded, `metadata["fit"]`, name its data; `ipae.fitting.merged_options`
@@ -19,6 +20,8 @@ weights in model.safetensors, whose own header safetensors checks against the fi
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,8 +69,15 @@ def save_model(model: AutoEncoder, directory: str | Path, *, metadata: dict | No
 
 
 def _write_tensors(path: Path, tensors: dict[str, Tensor]) -> None:
-    """Write `tensors` as a safetensors file, atomically."""
-    write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
+    """Write `tensors` as a safetensors file, atomically, with the permissions every file here has
+    (0666 less the umask, as the temporary file was made): safetensors makes a file of its own, 0600."""
+
+    def write(tmp: Path) -> None:
+        mode = stat.S_IMODE(tmp.stat().st_mode)
+        save_file(tensors, str(tmp))
+        os.chmod(tmp, mode)
+
+    write_atomic(path, write)
 
 
 def _one_line(error: Exception) -> str:
