@@ -141,7 +141,7 @@ class ModelSpec:
             fields = dict(record)
             rate = dict(fields.pop("rate"))
             architecture = fields.pop("architecture")
-            fields.setdefault("distortion_weight", 1.0)  # model.json files of ipae 0.2 and before lack it: 1
+            fields.setdefault("distortion_weight", 1.0)  # older model.json files lack it: 1
             return cls(
                 architecture=None if architecture is None else architecture_from_dict(architecture),
                 rate=rate.pop("name"),
