@@ -2,16 +2,22 @@
 own, the rate's options, damaged or foreign files, and continuing a run exactly."""
 
 import json
+import os
 import pickle
+import re
+import shutil
+import stat
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 from torch import nn
 
 import ipae
-from ipae.checkpoint import FORMAT, has_state, load_model, load_model_weights, load_state, model_record, read_metadata, save_model
-from ipae.models import AutoEncoder
+from ipae.checkpoint import FORMAT, has_state, load_model, load_model_weights, load_state, read_metadata, save_model
+from ipae.models import AutoEncoder, ModelSpec
 from ipae.networks import MLP
 from ipae.rates import Bhattacharyya, InformationPotential, Jensen, MonteCarlo, PairwiseKL, PriorKL
 from ipae.train import TrainConfig, train
@@ -118,10 +124,10 @@ def test_a_model_of_ones_own_networks_loads_into_the_networks_given(tmp_path):
 
 
 def test_a_model_of_ones_own_networks_needs_them_to_load(tmp_path):
-    ipae.save(_own_model(), tmp_path)
+    ipae.save(_own_model(), tmp_path / "own")
     for networks in [{}, {"encoder": Encoder()}, {"decoder": Decoder()}]:
         with pytest.raises(ValueError, match="load it with encoder= and decoder="):
-            ipae.load(tmp_path, **networks)
+            ipae.load(tmp_path / "own", **networks)
 
 
 def test_a_preset_model_takes_no_networks(tmp_path):
@@ -133,11 +139,11 @@ def test_a_preset_model_takes_no_networks(tmp_path):
 
 
 def test_networks_whose_weights_do_not_fit_are_refused_naming_the_weights_file(tmp_path):
-    ipae.save(_own_model(), tmp_path)
+    ipae.save(_own_model(), tmp_path / "own")
     with pytest.raises(ValueError, match=r"model\.safetensors: the weights do not fit"):
-        ipae.load(tmp_path, encoder=Encoder(channels=5), decoder=Decoder())
+        ipae.load(tmp_path / "own", encoder=Encoder(channels=5), decoder=Decoder())
     with pytest.raises(ValueError, match=r"model\.safetensors: .*first difference: encoder\.norm\."):
-        load_model(tmp_path, encoder=_NoNorm(), decoder=Decoder())
+        load_model(tmp_path / "own", encoder=_NoNorm(), decoder=Decoder())
 
 
 class _NoNorm(Encoder):
@@ -155,7 +161,7 @@ def test_a_saved_model_loads_with_identical_weights_options_and_codes(tmp_path):
     model = _small(seed=7)
     save_model(model, tmp_path / "model", metadata={"note": "hello"})
     loaded = ipae.load(tmp_path / "model")
-    assert loaded.architecture == model.architecture and model_record(loaded) == model_record(model) and not loaded.training
+    assert loaded.architecture == model.architecture and loaded.spec == model.spec and not loaded.training
     assert read_metadata(tmp_path / "model") == {"note": "hello"} and not has_state(tmp_path / "model")
     _assert_same_weights(loaded, model)
     x = _data(5)
@@ -348,7 +354,7 @@ def test_ipae_load_gives_back_what_was_saved_model_or_estimator(tmp_path):
 
     x = _data(30).numpy()
     estimator = IPAE(n_components=2, hidden=(8,), steps=3, batch_size=16, random_state=0).fit(x)
-    estimator.save(tmp_path / "estimator")
+    ipae.save(estimator, tmp_path / "estimator")
     loaded = ipae.load(tmp_path / "estimator")
     assert isinstance(loaded, IPAE) and (loaded.transform(x) == estimator.transform(x)).all()
     save_model(_small(), tmp_path / "model")
@@ -360,7 +366,7 @@ def test_a_model_pickles(rate):
     model = _small(seed=3, rate=rate)
     copy = pickle.loads(pickle.dumps(model))
     _assert_same_weights(copy, model)
-    assert model_record(copy) == model_record(model)
+    assert copy.spec == model.spec
     own = _own_model()
     _assert_same_weights(pickle.loads(pickle.dumps(own)), own)
 
@@ -379,3 +385,104 @@ def test_the_monitor_records_survive_the_round_trip_and_damaged_ones_are_refused
     del record["monitor"]  # a state written before the monitor existed
     (tmp_path / "training.json").write_text(json.dumps(record))
     assert load_state(tmp_path).monitor == []
+
+
+# --- one way to save and load: ipae.save and ipae.load -------------------------------------------------------------
+
+FORMAT_2 = Path(__file__).parent / "data" / "format2"  # written by ipae at 98c7081 (tests/data/format2/write.py)
+
+
+def test_directories_of_format_2_written_by_earlier_code_still_load():
+    expected = json.loads((FORMAT_2 / "expected.json").read_text())
+    x = torch.tensor(expected["x"])
+    model = ipae.load(FORMAT_2 / "model")
+    assert model.spec == ModelSpec(MLP((3,), (4,), 2), "ip", {"n_partners": 2}, beta=0.5, distortion_weight=0.5)
+    with torch.no_grad():
+        np.testing.assert_allclose(model.encode(x)[0].double().numpy(), expected["model_codes"], rtol=1e-6, atol=1e-7)
+    estimator = ipae.load(FORMAT_2 / "estimator")
+    assert isinstance(estimator, ipae.IPAE) and (estimator.n_components, estimator.hidden, estimator.n_features_in_) == (2, (4,), 3)
+    np.testing.assert_allclose(estimator.transform(x.numpy()), expected["estimator_codes"], rtol=1e-6, atol=1e-7)
+
+
+def test_a_model_json_without_the_distortion_weight_loads_with_weight_1(tmp_path):
+    shutil.copytree(FORMAT_2 / "model", tmp_path / "older")
+    record = json.loads((tmp_path / "older" / "model.json").read_text())
+    del record["model"]["distortion_weight"]  # as ipae wrote it before the weight existed
+    (tmp_path / "older" / "model.json").write_text(json.dumps(record))
+    assert ipae.load(tmp_path / "older").distortion_weight == 1.0
+
+
+def test_model_json_holds_the_models_description(tmp_path):
+    model = _small(rate=MonteCarlo(3), distortion="bernoulli", logvar_limit=4.0)
+    ipae.save(model, tmp_path / "m")
+    record = json.loads((tmp_path / "m" / "model.json").read_text())["model"]
+    assert record == model.spec.to_dict() and ModelSpec.from_dict(record) == model.spec
+    assert record["rate"] == {"name": "mc", "n_samples": 3} and record["architecture"] == SMALL.to_dict()
+
+
+def test_save_refuses_an_existing_directory_unless_told_to_overwrite(tmp_path):
+    first, second = _small(seed=1), _small(seed=2)
+    target = tmp_path / "m"
+    ipae.save(first, target)
+    (target / "note.txt").write_text("mine")
+    before = {path.name: path.read_bytes() for path in target.iterdir()}
+    with pytest.raises(FileExistsError, match=f"^{re.escape(str(target))} already exists; pass overwrite=True to replace it$"):
+        ipae.save(second, target)
+    assert {path.name: path.read_bytes() for path in target.iterdir()} == before  # untouched
+    ipae.save(second, target, overwrite=True)
+    assert sorted(path.name for path in target.iterdir()) == ["model.json", "model.safetensors"]  # replaced as a whole
+    _assert_same_weights(ipae.load(target), second)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileExistsError, match="empty already exists"):  # as the command line: an empty directory too
+        ipae.save(first, tmp_path / "empty")
+    ipae.save(first, tmp_path / "new" / "deeper")  # missing parents are made
+    _assert_same_weights(ipae.load(tmp_path / "new" / "deeper"), first)
+
+
+def test_an_estimator_saves_and_loads_through_ipae_save_and_load_and_is_not_overwritten(tmp_path):
+    x = _data(30).numpy()
+    estimator = ipae.IPAE(n_components=2, hidden=(8,), steps=3, batch_size=16, random_state=0).fit(x)
+    ipae.save(estimator, tmp_path / "estimator")
+    with pytest.raises(FileExistsError, match="estimator already exists"):
+        ipae.save(estimator, tmp_path / "estimator")
+    other = ipae.BetaVAE(n_components=2, hidden=(8,), steps=3, batch_size=16, random_state=1).fit(x)
+    ipae.save(other, tmp_path / "estimator", overwrite=True)
+    loaded = ipae.load(tmp_path / "estimator")
+    assert type(loaded) is ipae.BetaVAE and (loaded.transform(x) == other.transform(x)).all()
+    assert read_metadata(tmp_path / "estimator")["estimator"]["class"] == "BetaVAE"
+
+
+def test_the_one_way_to_save_and_load_is_the_only_one():
+    import ipae.checkpoint
+    import ipae.estimators
+
+    assert "load_estimator" not in ipae.__all__ and not hasattr(ipae.estimators, "load_estimator")
+    assert not hasattr(ipae.checkpoint, "save") and not hasattr(ipae.estimators.IPAE, "save")
+    assert ipae.save.__module__ == ipae.load.__module__
+
+
+def _modes(directory: Path) -> dict[str, int]:
+    return {str(path.relative_to(directory)): stat.S_IMODE(path.stat().st_mode) for path in [directory, *directory.rglob("*")]}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_every_file_written_has_the_permissions_of_a_file_made_as_usual(tmp_path, umask):
+    model = _small()
+    state = train(model, _data(), _config(steps=3)).state
+    estimator = ipae.IPAE(n_components=2, hidden=(8,), steps=2, batch_size=16, random_state=0).fit(_data(30).numpy())
+    old = os.umask(umask)
+    try:
+        ipae.save(model, tmp_path / "model")
+        ipae.save(estimator, tmp_path / "estimator")
+        save_model(model, tmp_path / "checkpoint", state=state)  # what the training loop writes
+        ipae.save(model, tmp_path / "model", overwrite=True)
+    finally:
+        os.umask(old)
+    for name, names in [
+        ("model", ["model.json", "model.safetensors"]),
+        ("estimator", ["model.json", "model.safetensors"]),
+        ("checkpoint", ["model.json", "model.safetensors", "training.json", "training.safetensors"]),
+    ]:
+        modes = _modes(tmp_path / name)
+        assert sorted(modes) == [".", *names]
+        assert modes == {".": 0o777 & ~umask} | dict.fromkeys(names, 0o666 & ~umask), name

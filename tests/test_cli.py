@@ -61,10 +61,10 @@ def test_toy_end_to_end(trained_run):
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["status"] == "ok"
     config = metrics["config"]
-    assert config["rate"] == {"name": "vae"} and config["beta"] == 1.0 and config["seed"] == 0
+    assert config["model"]["rate"] == {"name": "vae"} and config["model"]["beta"] == 1.0 and config["seed"] == 0
     training = {key: config["training"][key] for key in ("steps", "batch_size", "lr", "n_samples", "precision", "compile")}
     assert training == {"steps": 20, "batch_size": 512, "lr": 0.001, "n_samples": 1, "precision": "fp32", "compile": False}
-    assert metrics["architecture"]["kind"] == "mlp" and metrics["architecture"]["hidden"] == [2048]
+    assert config["model"]["architecture"]["kind"] == "mlp" and config["model"]["architecture"]["hidden"] == [2048]
     assert {"E", "E_sampled", "E_identity", "train_seconds"} <= metrics.keys()
     assert sorted(p.name for p in trained_run.iterdir()) == [
         "metrics.json",
@@ -88,15 +88,15 @@ def test_toy_end_to_end(trained_run):
 def test_toy_takes_the_rate_its_options_and_its_default_beta(tmp_path, small_toy_data, options, rate, beta):
     assert main(["toy", *options, "--steps", "2", "--seed", "3", "--quiet", "--out", str(tmp_path / "run")]) == 0
     config = json.loads((tmp_path / "run" / "metrics.json").read_text())["config"]
-    assert config["rate"] == rate and config["beta"] == beta and config["seed"] == 3 and config["training"]["steps"] == 2
+    assert config["model"]["rate"] == rate and config["model"]["beta"] == beta and config["seed"] == 3 and config["training"]["steps"] == 2
     model = json.loads((tmp_path / "run" / "model.json").read_text())["model"]
-    assert model["rate"] == rate and model["beta"] == beta
+    assert model == config["model"]  # the record describes the model saved
 
 
 def test_toy_trains_with_a_chosen_rate_term(tmp_path, small_toy_data, capsys):
     assert main(["toy", "--rate", "pairwise-kl", "--beta", "1", "--steps", "5", "--quiet", "--out", str(tmp_path / "run")]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["config"]["rate"] == {"name": PairwiseKL.name}
+    assert metrics["config"]["model"]["rate"] == {"name": PairwiseKL.name}
     code, _, error = run(capsys, "toy", "--rate", "kde", "--out", str(tmp_path / "other"))
     assert code == 2 and "invalid choice: 'kde'" in error and not (tmp_path / "other").exists()
 
@@ -295,7 +295,8 @@ def test_mnist_end_to_end_on_the_real_files(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"svm_error", "svm_error_std", "svm_errors", "failed_repeats", "train_seconds", "config"} <= metrics.keys()
     # --beta defaults to the rate's default_beta (0.01 for ip), not the paper's MNIST 1e-5
-    assert metrics["config"]["rate"] == {"name": "ip", "n_partners": 1} and metrics["config"]["beta"] == InformationPotential.default_beta
+    model = metrics["config"]["model"]
+    assert model["rate"] == {"name": "ip", "n_partners": 1} and model["beta"] == InformationPotential.default_beta
     assert metrics["repeats"] == 1 and "linear-SVM test error" in stdout
 
 

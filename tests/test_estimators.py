@@ -15,10 +15,11 @@ from sklearn.utils import check_random_state
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from ipae.checkpoint import load_model, save_model
+import ipae
+from ipae.checkpoint import load_model
 from ipae.cli import main
 from ipae.data import arrays
-from ipae.estimators import IPAE, BetaVAE, FitDiverged, load_estimator
+from ipae.estimators import IPAE, BetaVAE, FitDiverged
 from ipae.models import AutoEncoder
 from ipae.networks import MLP
 from ipae.rates import InformationPotential, PriorKL
@@ -317,9 +318,10 @@ def test_divergence_is_a_clear_error_and_leaves_the_estimator_unfitted(blobs):
 def test_save_and_load_give_the_same_transform(cls, blobs, tmp_path):
     estimator = cls(**QUICK, random_state=np.random.RandomState(3)).fit(blobs)
     with pytest.raises(NotFittedError):
-        clone(estimator).save(tmp_path / "unfitted")
-    estimator.save(tmp_path / "fitted")
-    loaded = load_estimator(tmp_path / "fitted")
+        ipae.save(clone(estimator), tmp_path / "unfitted")
+    assert not (tmp_path / "unfitted").exists()
+    ipae.save(estimator, tmp_path / "fitted")
+    loaded = ipae.load(tmp_path / "fitted")
     assert type(loaded) is cls
     assert loaded.get_params() == {**estimator.get_params(), "random_state": None}  # a RandomState has no JSON form
     np.testing.assert_array_equal(loaded.transform(blobs), estimator.transform(blobs))
@@ -328,10 +330,16 @@ def test_save_and_load_give_the_same_transform(cls, blobs, tmp_path):
     assert loaded.score(blobs) == estimator.score(blobs) and loaded.n_features_in_ == 3
 
 
-def test_load_estimator_refuses_a_plain_model(blobs, tmp_path):
-    save_model(IPAE(**QUICK, random_state=0).fit(blobs).model_, tmp_path / "plain")
-    with pytest.raises(ValueError, match="plain.*no estimator metadata"):
-        load_estimator(tmp_path / "plain")
+def test_ipae_load_gives_a_plain_model_as_a_model_and_refuses_other_objects_to_save(blobs, tmp_path):
+    estimator = IPAE(**QUICK, random_state=0).fit(blobs)
+    ipae.save(estimator.model_, tmp_path / "plain")
+    loaded = ipae.load(tmp_path / "plain")
+    assert isinstance(loaded, AutoEncoder) and loaded.spec == estimator.model_.spec
+    with pytest.raises(TypeError, match="ipae.save takes an AutoEncoder or a fitted IPAE or BetaVAE, got dict"):
+        ipae.save({"model": estimator.model_}, tmp_path / "other")
+    ipae.save(estimator, tmp_path / "estimator")
+    with pytest.raises(ValueError, match="holds a fitted estimator, which builds its own model; pass no encoder"):
+        ipae.load(tmp_path / "estimator", rate=InformationPotential())
 
 
 def test_pickle_round_trip(blobs):
@@ -487,8 +495,8 @@ def test_fit_with_monitor_measures_information_and_trains_the_same_model(cls, bl
     np.testing.assert_array_equal(watched.loss_curve_, plain.loss_curve_)
     assert [record["step"] for record in watched.monitor_] == [10, 20, 30]
     assert all(record["I_points"] == 25 and record["I_lower"] <= record["I_upper"] for record in watched.monitor_)
-    watched.save(tmp_path / "saved")
-    assert load_estimator(tmp_path / "saved").monitor_ == watched.monitor_
+    ipae.save(watched, tmp_path / "saved")
+    assert ipae.load(tmp_path / "saved").monitor_ == watched.monitor_
     assert cls(**{**options, "monitor_every": 7}).fit(blobs, monitor=held_out).monitor_[-1]["step"] == 30  # any N: the end is measured
     with pytest.raises(ValueError, match="monitor has 2 features, but .* is expecting 3"):
         cls(**options).fit(blobs, monitor=held_out[:, :2])

@@ -19,6 +19,8 @@ from ipae.experiments.figure1 import IPAE_BETAS, VAE_BETAS, figure1_runs, summar
 from ipae.experiments.parallel import map_runs
 from ipae.experiments.runs import Run, child_seeds
 from ipae.experiments.toy import run_toy
+from ipae.models import ModelSpec
+from ipae.networks import MLP
 from ipae.rates import InformationPotential, MonteCarlo, PairwiseKL, PriorKL, create
 from ipae.train import TrainConfig
 from mnist_files import REAL_MNIST, needs_mnist
@@ -73,15 +75,25 @@ def test_a_run_names_itself_and_its_row():
         "precision": "bf16",
         "paper_exact": False,
     }
-    assert run.describe() == {
+    mnist_model = {
+        "architecture": {"kind": "mlp", "input_shape": [784], "hidden": [1024], "n_latent": 8, "activation": "sigmoid"},
         "rate": {"name": "ip", "n_partners": 8},
+        "distortion": "bernoulli",
         "beta": 1e-5,
+        "logvar_limit": 15.0,
+        "distortion_weight": 1.0,
+    }
+    assert run.to_dict("mnist") == {
+        "model": mnist_model,
         "seed": 3,
         "paper_exact": False,
         "training": TrainConfig(steps=7, precision="bf16").to_dict(),
     }
-    assert Run(PriorKL(), 1.0, 0, QUIET, paper_exact=True).name() == "vae-beta1-paper"
-    assert json.loads(json.dumps(run.describe())) == run.describe()
+    assert json.loads(json.dumps(run.to_dict("mnist"))) == run.to_dict("mnist")
+    paper = Run(PriorKL(), 1.0, 0, QUIET, paper_exact=True)
+    assert paper.name() == "vae-beta1-paper"
+    assert paper.model("toy") == ModelSpec(MLP(), "vae", distortion="mean-mse", beta=1.0, logvar_limit=None)
+    assert Run(InformationPotential(8), 0.5, paper_exact=True).model("toy").distortion_weight == 0.5  # eq. 11's 1/2
     every = Run(InformationPotential(None), 0.01, 0, QUIET)
     assert every.name() == "ip-n_partnersall-beta0.01" and every.row()["options"] == "n_partners=all"
     vae = Run(PriorKL(), 1.0, 0, QUIET)
@@ -128,8 +140,10 @@ def test_a_short_toy_run_writes_its_metrics_panel_and_model(tmp_path):
     outcome = run_toy(Run(InformationPotential(1), 0.01, 0, TrainConfig(steps=20)), tmp_path / "run", progress=False)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "ok" and metrics["config"]["training"]["steps"] == 20
-    assert metrics["config"]["rate"] == {"name": "ip", "n_partners": 1} and metrics["config"]["beta"] == 0.01
-    assert metrics["architecture"] == {"kind": "mlp", "input_shape": [2], "hidden": [2048], "n_latent": 16, "activation": "relu"}
+    assert metrics["config"]["model"]["rate"] == {"name": "ip", "n_partners": 1} and metrics["config"]["model"]["beta"] == 0.01
+    architecture = {"kind": "mlp", "input_shape": [2], "hidden": [2048], "n_latent": 16, "activation": "relu"}
+    assert metrics["config"]["model"]["architecture"] == architecture
+    assert metrics["config"]["model"] == json.loads((tmp_path / "run" / "model.json").read_text())["model"]  # the model saved
     assert metrics["E_identity"] == pytest.approx(math.sqrt(0.1 * math.pi / 2), abs=0.01)
     assert 0 < metrics["E"] < 10 and 0 < metrics["E_sampled"] < 10 and metrics["train_seconds"] > 0
     assert outcome.metrics["E"] == metrics["E"] and outcome.reconstruction.shape == (5000, 2)
@@ -221,7 +235,7 @@ def test_a_tiny_mnist_run_on_the_real_files_and_its_resumption(tmp_path):
     record = json.loads((tmp_path / "repeat-0.json").read_text())
     assert record["status"] == "ok" and record["n_train"] == 18000 and record["n_test"] == 3127
     assert metrics["svm_errors"] == [record["svm_error"]] and 0 <= metrics["svm_error"] < 100 and metrics["failed_repeats"] == 0
-    assert metrics["config"] == run.describe()
+    assert metrics["config"] == run.to_dict("mnist")
     assert (tmp_path / "codes.png").read_bytes().startswith(PNG_MAGIC)
     pca = np.load(tmp_path / "repeat-0-pca.npz")
     assert pca["pca"].shape == (3127, 2) and sorted(set(pca["labels"].tolist())) == [1, 3, 4]

@@ -17,7 +17,7 @@ from ipae.checkpoint import load_model, read_metadata
 from ipae.cli import main
 from ipae.data import arrays
 from ipae.data.arrays import RowReader, load_array
-from ipae.fitting import ModelSpec
+from ipae.models import ModelSpec
 from ipae.networks import MLP, Conv
 from ipae.train import TrainConfig, native_bf16
 from reliability import record
@@ -418,7 +418,7 @@ def test_fit_trains_on_a_large_npy_by_rows_without_loading_it(data, tmp_path, al
     assert len(seen) == 1 and isinstance(seen[0], RowReader) and os.path.samefile(seen[0].path, data)
     monkeypatch.setattr(fitting, "train", real_train)
     # the same run from the array in memory
-    spec = ModelSpec(hidden=(16,), n_components=2)
+    spec = ModelSpec(MLP(hidden=(16,), n_latent=2))
     model, _ = fitting.fit(np.load(data), spec, TrainConfig(steps=4, batch_size=32, progress=False), seed=0)
     weights = _weights(tmp_path / "mapped")
     assert all(torch.equal(weights[name], tensor) for name, tensor in model.state_dict().items())
@@ -430,7 +430,7 @@ def test_training_from_a_file_by_rows_equals_training_from_the_array_in_memory(t
     np.save(tmp_path / "x.npy", images)
     mapped = load_array(tmp_path / "x.npy", max_ndim=4, mmap=True)
     assert isinstance(mapped, RowReader) and mapped.dtype == dtype
-    spec = ModelSpec(hidden=(8,), n_components=2, distortion="bernoulli")
+    spec = ModelSpec(MLP(hidden=(8,), n_latent=2), distortion="bernoulli")
     config = TrainConfig(steps=5, batch_size=16, seed=3, progress=False)
     from_file, result_file = fitting.fit(mapped, spec, config, seed=1)
     in_memory, result_memory = fitting.fit(images.astype(np.float32), spec, config, seed=1)
@@ -444,7 +444,7 @@ def test_a_large_file_outside_0_1_is_refused_for_the_bernoulli_distortion(tmp_pa
     mapped = load_array(tmp_path / "x.npy", mmap=True)
     assert isinstance(mapped, RowReader)
     with pytest.raises(ValueError, match=r"needs data in \[0, 1\]"):
-        fitting.fit(mapped, ModelSpec(hidden=(4,), n_components=2, distortion="bernoulli"), TrainConfig(steps=1, progress=False))
+        fitting.fit(mapped, ModelSpec(MLP(hidden=(4,), n_latent=2), distortion="bernoulli"), TrainConfig(steps=1, progress=False))
 
 
 # a data file that changes under a fit: one line naming it, exit 2, nothing written; never a signal or other data
@@ -561,12 +561,13 @@ def test_a_fit_with_a_stopped_run_in_its_checkpoint_does_not_start_again(data, t
 
 
 def test_resume_on_a_directory_of_another_kind_says_what_it_is(tmp_path, capsys):
-    from ipae import IPAE
+    from ipae import IPAE, save
     from ipae.checkpoint import save_model
 
-    model = fitting.build_model(ModelSpec(hidden=(4,), n_components=2), (3,))
+    model = fitting.build_model(ModelSpec(MLP(hidden=(4,), n_latent=2)), (3,))
     save_model(model, tmp_path / "plain")  # as `ipae toy` saves its model
-    IPAE(n_components=2, hidden=(4,), steps=2, batch_size=8, device="cpu").fit(np.ones((16, 3))).save(tmp_path / "estimator")
+    estimator = IPAE(n_components=2, hidden=(4,), steps=2, batch_size=8, device="cpu").fit(np.ones((16, 3)))
+    save(estimator, tmp_path / "estimator")
     for name, kind in (("plain", "a model saved otherwise"), ("estimator", "a saved estimator")):
         code, error = run(capsys, "fit", "--resume", str(tmp_path / name), "--out", str(tmp_path / "out"))
         assert code == 2 and error == (

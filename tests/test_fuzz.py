@@ -569,7 +569,7 @@ def make_seeds(directory: Path) -> Seeds:
     fit = {"data": str(directory / "x.npy"), "hidden": [4], "n_components": 2, "rate": "ip", "steps": 3, "batch_size": 8}
     save_model(model, directory / "model", state=result.state, metadata={"fit": fit})
     estimator = ipae.IPAE(n_components=2, hidden=(4,), steps=2, batch_size=8, random_state=0).fit(data.numpy())
-    estimator.save(directory / "estimator")
+    ipae.save(estimator, directory / "estimator")
 
     def files(folder: Path, names: tuple[str, ...]) -> dict[str, bytes]:
         return {name: (folder / name).read_bytes() for name in names}

@@ -9,6 +9,7 @@ loops on floats.
 
 import ast
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from torch import nn
 import ipae
 import ipae.models
 from ipae.layers import Dense
-from ipae.models import DISTORTIONS, LOGVAR_LIMIT, PRESETS, AutoEncoder, LossTerms, Noise
+from ipae.models import DISTORTIONS, LOGVAR_LIMIT, PRESETS, AutoEncoder, LossTerms, ModelSpec, Noise
 from ipae.networks import MLP, Conv
 from ipae.rates import InformationPotential, MonteCarlo, PairwiseKL, PriorKL, Rate
 
@@ -316,6 +317,87 @@ def test_from_preset_applies_overrides_and_refuses_unknown_names():
         AutoEncoder.from_preset("toy", depth=3)
     with pytest.raises(ValueError, match="H, W >= 16"):
         AutoEncoder.from_preset("conv", input_shape=(1, 8, 8))
+
+
+def test_a_preset_is_a_model_description_that_builds_its_model():
+    for name, preset in PRESETS.items():
+        assert isinstance(preset, ModelSpec) and ModelSpec.from_dict(preset.to_dict()) == preset, name
+        model = preset.build(seed=3)
+        assert model.spec == preset, name  # the description of the model built is the preset
+        again = AutoEncoder.from_preset(name, seed=3)
+        for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
+            assert torch.equal(a, b)
+    assert PRESETS["toy"] == ModelSpec()  # the defaults are the paper's toy model
+
+
+def test_a_model_description_round_trips_through_json_and_names_every_rate_option():
+    import json
+
+    spec = ModelSpec(MLP((5,), (7, 3), 2, "tanh"), "mc", {"n_samples": 4}, "bernoulli", 0.25, None, 0.5)
+    record = json.loads(json.dumps(spec.to_dict()))
+    assert record == {
+        "architecture": {"kind": "mlp", "input_shape": [5], "hidden": [7, 3], "n_latent": 2, "activation": "tanh"},
+        "rate": {"name": "mc", "n_samples": 4},
+        "distortion": "bernoulli",
+        "beta": 0.25,
+        "logvar_limit": None,
+        "distortion_weight": 0.5,
+    }
+    assert ModelSpec.from_dict(record) == spec and spec.build().spec == spec
+    assert ModelSpec(rate="ip").rate_options == {"n_partners": 1}  # the default filled in: one description, one form
+    assert ModelSpec(rate="vae").beta == PriorKL.default_beta and ModelSpec(rate="ip").beta == InformationPotential.default_beta
+    own = ModelSpec(None, "mean-square", {"weight": 0.5}, beta=0.2)  # a rate of one's own, networks of one's own
+    assert ModelSpec.from_dict(json.loads(json.dumps(own.to_dict()))) == own
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"architecture": "mlp"}, "architecture must be an ipae.networks.MLP or Conv, or None, got str"),
+        ({"rate": "gan"}, "beta must be given for the rate 'gan'"),
+        ({"rate": "ip", "rate_options": {"n_pairs": 2}}, "rate 'ip' has no option n_pairs"),
+        ({"rate": 3}, "rate must be the name of a rate, got 3"),
+        ({"distortion": "l1"}, "unknown distortion 'l1'"),
+        ({"beta": -1.0}, "beta must be a finite number >= 0, got -1.0"),
+        ({"logvar_limit": 0}, "logvar_limit must be a finite number > 0 or None, got 0"),
+        ({"distortion_weight": float("nan")}, "distortion_weight must be a finite number > 0, got nan"),
+    ],
+)
+def test_a_model_description_is_checked_when_made(fields, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+        ModelSpec(**fields)
+
+
+def test_from_dict_refuses_a_record_that_is_no_description():
+    record = PRESETS["toy"].to_dict()
+    for damaged, message in [
+        ({key: value for key, value in record.items() if key != "rate"}, "KeyError: no 'rate'"),
+        (record | {"rate": {"n_partners": 1}}, "KeyError: no 'name'"),
+        (record | {"colour": "red"}, "unexpected keyword argument 'colour'"),
+        (record | {"architecture": {"kind": "resnet"}}, "unknown architecture 'resnet'"),
+        (record | {"beta": 10**400}, "OverflowError"),
+        ([1, 2], "TypeError"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            ModelSpec.from_dict(damaged)
+
+
+def test_build_takes_the_networks_and_the_rate_the_description_names():
+    from test_rates import MeanSquare
+
+    own = ModelSpec(None, "mean-square", {"weight": 0.5}, beta=0.2)
+    encoder, decoder = MLP(hidden=(4,)).build(torch.Generator())
+    rate = MeanSquare(0.5)
+    model = own.build(encoder=encoder, decoder=decoder, rate=rate)
+    assert model.encoder is encoder and model.rate is rate and model.spec == own
+    with pytest.raises(ValueError, match="has networks of its own; load it with encoder= and decoder="):
+        own.build(rate=rate)
+    with pytest.raises(ValueError, match="'mean-square'.* is not one of ipae's"):
+        own.build(encoder=encoder, decoder=decoder)
+    with pytest.raises(ValueError, match="saved with rate .*'weight': 0.5.*passed is .*'weight': 0.25"):
+        own.build(encoder=encoder, decoder=decoder, rate=MeanSquare(0.25))
+    with pytest.raises(ValueError, match=r"builds its own networks \(mlp\); pass no encoder or decoder"):
+        PRESETS["toy"].build(encoder=encoder, decoder=decoder)
 
 
 # --- seeding ----------------------------------------------------------------------------------------------------

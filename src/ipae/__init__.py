@@ -1,10 +1,9 @@
 """Information Potential Auto-Encoders: autoencoders regularised by a bound on I(x; z)."""
 
 from ipae._version import __version__
-from ipae.checkpoint import save
 from ipae.information import conditional_entropy, draw_partners, gaussian_kl, information_potential, reparameterise
 from ipae.models import PRESETS, AutoEncoder
-from ipae.persistence import load
+from ipae.persistence import load, save
 from ipae.rates import Bhattacharyya, InformationPotential, Jensen, MonteCarlo, PairwiseKL, PriorKL, Rate
 from ipae.train import CompileFailed, TrainConfig, TrainingDiverged, TrainResult, TrainState, train
 
@@ -27,7 +26,6 @@ __all__ = [
     "load",
     "IPAE",
     "BetaVAE",
-    "load_estimator",
     "TrainingDiverged",
     "CompileFailed",
     "reparameterise",
@@ -42,7 +40,7 @@ __all__ = [
 def __getattr__(name: str):
     """The scikit-learn estimators and the figures of runs, imported on first use (scikit-learn and
     matplotlib take a second each to import, and training needs neither)."""
-    if name in ("IPAE", "BetaVAE", "load_estimator"):
+    if name in ("IPAE", "BetaVAE"):
         from ipae import estimators
 
         return getattr(estimators, name)

@@ -1,13 +1,14 @@
 """Checkpoints: a model directory that loading can never execute.
 
 A model directory holds
-- `model.json`: the format, the library version, the model (architecture, rate and its options,
-  distortion, beta, log-variance bound) and free metadata;
+- `model.json`: the format, the library version, the model (`ipae.models.ModelSpec.to_dict`:
+  architecture, rate and its options, distortion, beta, log-variance bound, distortion weight) and free metadata;
 - `model.safetensors`: the weights (safetensors holds tensors only, no pickled code);
 and, for a run that can be continued, `training.json` and `training.safetensors`: the step, the
 training settings, the optimiser's state, the noise generator's state, the history so far and the
 monitor's measurements so far.
-Every file is written atomically (temporary file, then rename).
+Every file is written atomically (temporary file, then rename), with the permissions of a file made
+as usual: 0666 less the umask.
 
 Loading opens these four names in the directory and nothing else: no path written in a file is
 followed (the options a fit recorded, `metadata["fit"]`, name its data; `ipae.fitting.merged_options`
@@ -19,6 +20,8 @@ weights in model.safetensors, whose own header safetensors checks against the fi
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,12 +30,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ipae._version import __version__
-from ipae.models import AutoEncoder
-from ipae.networks import architecture_from_dict
-from ipae.rates import RATES, Rate, create, spec
+from ipae.models import AutoEncoder, Mismatch, ModelSpec
+from ipae.rates import Rate
 from ipae.results import write_atomic, write_json
 
-__all__ = ["FORMAT", "TrainState", "save", "save_model", "load_model", "read_metadata", "save_state", "load_state", "has_state"]
+__all__ = ["FORMAT", "TrainState", "save_model", "load_model", "read_metadata", "save_state", "load_state", "has_state"]
 
 # Version 2: any encoder and decoder, the rate with its options. Version 1 (the paper's MLPs only,
 # weights named body/heads) is not read.
@@ -52,30 +54,30 @@ class TrainState:
     monitor: list[dict] = field(default_factory=list)  # the monitor's records so far (`train(monitor=...)`), each with its step
 
 
-def model_record(model: AutoEncoder) -> dict:
-    """What model.json says of a model: enough to build it again (with the networks, for your own)."""
-    architecture = None if model.architecture is None else model.architecture.to_dict()
-    return {
-        "architecture": architecture,
-        "rate": spec(model.rate),
-        "distortion": model.distortion,
-        "beta": model.beta,
-        "logvar_limit": model.logvar_limit,
-        "distortion_weight": model.distortion_weight,
-    }
-
-
 def save_model(model: AutoEncoder, directory: str | Path, *, metadata: dict | None = None, state: TrainState | None = None) -> None:
     """Write `model` (and, when given, the training `state` to continue from) into `directory`,
-    creating it if needed. `metadata`: JSON-serialisable extras stored in model.json."""
+    creating it if needed. `metadata`: JSON-serialisable extras stored in model.json. The files of a
+    directory written twice are replaced; `ipae.save` is the public way, which refuses to."""
     directory = Path(directory)
-    record = {"format": FORMAT, "ipae_version": __version__, "model": model_record(model), "metadata": metadata or {}}  # checked first
+    record = {"format": FORMAT, "ipae_version": __version__, "model": model.spec.to_dict(), "metadata": metadata or {}}  # checked first
     directory.mkdir(parents=True, exist_ok=True)
     weights = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    write_atomic(directory / "model.safetensors", lambda tmp: save_file(weights, str(tmp)))
+    _write_tensors(directory / "model.safetensors", weights)
     write_json(directory / "model.json", record)
     if state is not None:
         save_state(state, directory)
+
+
+def _write_tensors(path: Path, tensors: dict[str, Tensor]) -> None:
+    """Write `tensors` as a safetensors file, atomically, with the permissions every file here has
+    (0666 less the umask, as the temporary file was made): safetensors makes a file of its own, 0600."""
+
+    def write(tmp: Path) -> None:
+        mode = stat.S_IMODE(tmp.stat().st_mode)
+        save_file(tensors, str(tmp))
+        os.chmod(tmp, mode)
+
+    write_atomic(path, write)
 
 
 def _one_line(error: Exception) -> str:
@@ -117,9 +119,6 @@ def read_metadata(directory: str | Path) -> dict:
     return _read_record(Path(directory)).get("metadata", {})
 
 
-save = save_model
-
-
 def load_model(
     directory: str | Path, *, encoder: nn.Module | None = None, decoder: nn.Module | None = None, rate: Rate | None = None
 ) -> AutoEncoder:
@@ -134,47 +133,23 @@ def load_model(
     record. Nothing is unpickled.
     """
     directory = Path(directory)
-    record = _read_record(directory)
     path = directory / "model.json"
+    record = _read_record(directory)
     try:
-        fields = record["model"]
-        saved_rate = fields["rate"]
-        own_rate = isinstance(saved_rate, dict) and isinstance(saved_rate.get("name"), str) and saved_rate["name"] not in RATES
-        built_rate = None if rate is not None or own_rate else create(**saved_rate)
-        options = {"distortion": fields["distortion"], "beta": fields["beta"], "logvar_limit": fields["logvar_limit"]}
-        options["distortion_weight"] = fields.get("distortion_weight", 1.0)  # older model.json files lack it: 1
-        architecture = None if fields["architecture"] is None else architecture_from_dict(fields["architecture"])
-    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as error:
+        spec = ModelSpec.from_dict(record["model"])
+    except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{path}: not a valid model description ({_one_line(error)})") from None
-    if built_rate is None and rate is None:
-        raise ValueError(
-            f"{path}: the rate {_short(saved_rate)} is not one of ipae's ({', '.join(RATES)}); "
-            "a rate of your own loads with rate= built as when it was saved"
-        )
-    if rate is not None:
-        if not isinstance(rate, Rate):
-            raise ValueError(f"{directory}: rate must be an ipae.rates.Rate, got {type(rate).__name__}")
-        if json.loads(json.dumps(spec(rate))) != saved_rate:  # through JSON, as model.json holds it: a tuple option reads as a list
-            raise ValueError(f"{directory}: the model was saved with rate {_short(saved_rate)}; the rate passed is {_short(spec(rate))}")
-    options["rate"] = rate if built_rate is None else built_rate
-    if architecture is None and (encoder is None or decoder is None):
-        raise ValueError(
-            f"{directory}: the model has networks of its own; load it with encoder= and decoder= modules built as when it was saved"
-        )
-    if architecture is not None and (encoder is not None or decoder is not None):
-        raise ValueError(f"{directory}: the model builds its own networks ({fields['architecture']['kind']}); pass no encoder or decoder")
-    try:
-        if architecture is None:
-            model = AutoEncoder(encoder, decoder, **options)
-        else:  # on the meta device, which takes no memory: model.json's shapes must first be those of the weights
-            with torch.device("meta"):
-                model = AutoEncoder.from_architecture(architecture, **options)
+    try:  # on the meta device, which takes no memory: model.json's shapes must first be those of the weights
+        with torch.device("meta"):
+            model = spec.build(encoder=encoder, decoder=decoder, rate=rate)
+    except Mismatch as error:
+        raise ValueError(f"{path}: {error}") from None
     except (ValueError, TypeError, OverflowError, RuntimeError) as error:  # RuntimeError: sizes torch cannot make
         raise ValueError(f"{path}: not a valid model description ({_one_line(error)})") from None
     weights = _load_tensors(directory / "model.safetensors")
     _check_weights(model, directory, weights)
-    if architecture is not None:
-        model = AutoEncoder.from_architecture(architecture, **options)  # as large as the file's weights, no larger
+    if spec.architecture is not None:
+        model = spec.build(rate=rate)  # as large as the file's weights, no larger
     dtypes = {tensor.dtype for tensor in weights.values() if tensor.is_floating_point()}
     if len(dtypes) == 1:
         model.to(dtypes.pop())  # a float64 model loads as float64
@@ -224,8 +199,9 @@ def read_model_weights(model: AutoEncoder, directory: str | Path) -> dict[str, t
     a caller can check the rest of its input before it changes the model."""
     directory = Path(directory)
     saved = _read_record(directory).get("model")
-    if saved != json.loads(json.dumps(model_record(model))):  # as model.json holds it: tuples read as lists
-        raise ValueError(f"{directory}: holds another model ({saved}) than the one to continue ({model_record(model)})")
+    own = model.spec.to_dict()
+    if saved != json.loads(json.dumps(own)):  # as model.json holds it: tuples read as lists
+        raise ValueError(f"{directory}: holds another model ({saved}) than the one to continue ({own})")
     weights = _load_tensors(directory / "model.safetensors")
     _check_weights(model, directory, weights)
     return weights
@@ -249,7 +225,7 @@ def save_state(state: TrainState, directory: str | Path) -> None:
     directory = Path(directory)
     tensors, structure = _flatten_optimizer(state.optimizer)
     tensors |= {"generator": state.generator.contiguous(), "history": state.history.contiguous()}
-    write_atomic(directory / "training.safetensors", lambda tmp: save_file(tensors, str(tmp)))
+    _write_tensors(directory / "training.safetensors", tensors)
     write_json(
         directory / "training.json", {"step": state.step, "settings": state.settings, "optimizer": structure, "monitor": state.monitor}
     )

@@ -3,9 +3,10 @@
 `fit` trains an `AutoEncoder` with `ipae.train.train`; `transform` gives the encoder means, e.g.
 `IPAE(n_components=2, random_state=0).fit_transform(X)` the (N, 2) codes of X; `inverse_transform`
 gives the decoded means and `score` a held-out objective that does not depend on beta (see `score`).
-`save(directory)` writes a model directory (see `ipae.checkpoint`) that `load_estimator` reads back.
+`ipae.save(estimator, directory)` writes a fitted one as a model directory (see `ipae.checkpoint`) and
+`ipae.load(directory)` gives it back.
 
-The parameters are checked by the library's own validators (`ipae.fitting.ModelSpec`,
+The parameters are checked by the library's own validators (`ipae.models.ModelSpec`,
 `ipae.train.TrainConfig`, the rates and the networks), which `ipae fit` uses too, not by scikit-learn's
 private `_param_validation`.
 """
@@ -24,13 +25,14 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from ipae.checkpoint import has_state, load_model, model_record, read_metadata, save_model
-from ipae.fitting import ModelSpec, fit
+from ipae.checkpoint import has_state, load_model, read_metadata
+from ipae.fitting import architecture_of, fit
 from ipae.information import reparameterise
-from ipae.rates import InformationPotential, PairwiseKL, PriorKL, Rate, create, spec
+from ipae.models import AutoEncoder, ModelSpec
+from ipae.rates import InformationPotential, PairwiseKL, PriorKL, Rate
 from ipae.train import TrainConfig, TrainingDiverged, TrainResult, resolve_device
 
-__all__ = ["IPAE", "BetaVAE", "load_estimator", "FitDiverged"]
+__all__ = ["IPAE", "BetaVAE", "FitDiverged"]
 
 # Rows per forward pass in transform and inverse_transform: bounds their memory whatever N is. Every
 # pass has exactly this many rows (the last padded), because a matmul's result for a row depends on the
@@ -49,7 +51,7 @@ class FitDiverged(TrainingDiverged):
 
 
 # The parameters IPAE and BetaVAE share, after n_components and their own (beta; IPAE's n_partners), with
-# their defaults: the paper's toy model and training (ipae.fitting.ModelSpec, ipae.train.TrainConfig).
+# their defaults: the paper's toy model and training (ipae.models.PRESETS["toy"], ipae.train.TrainConfig).
 SHARED_PARAMETERS = {
     "hidden": (2048,),
     "activation": "relu",
@@ -170,21 +172,16 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                 monitor_every=_plain(self.monitor_every),
                 monitor_samples=_plain(self.monitor_samples),
             )
-            spec = self._spec()
-            spec.architecture((1,))  # hidden and activation, which the network checks
-            return spec, config
+            return self._spec(), config
         except ValueError as error:
             raise ValueError(f"{type(self).__name__}: {error}") from None
 
-    def _spec(self) -> ModelSpec:
-        options = {
-            "n_components": _plain(self.n_components),
-            "hidden": tuple(_plain(h) for h in self.hidden),
-            "activation": self.activation,
-            "distortion": self.distortion,
-        }
+    def _spec(self, n_features: int = 1) -> ModelSpec:
+        """The model the parameters describe, for samples of `n_features` (`fit` takes them from X)."""
+        hidden = tuple(_plain(h) for h in self.hidden)
+        architecture = architecture_of("mlp", _plain(self.n_components), hidden, self.activation, (n_features,))
         rate_options = {name: _plain(value) for name, value in self._rate_options().items()}
-        return ModelSpec(**options, rate=self._rate, rate_options=rate_options, beta=_plain(self.beta))
+        return ModelSpec(architecture, self._rate, rate_options, self.distortion, _plain(self.beta))
 
     def _forget_fit(self) -> None:
         for name in [name for name in vars(self) if name.endswith("_") and not name.startswith("__")]:
@@ -269,28 +266,6 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
             total += float(objective) * len(x)
         return -total / len(X)
 
-    # persistence
-
-    def save(self, directory: str | Path) -> None:
-        """Write the fitted estimator into `directory` (a model directory); `load_estimator` reads it back."""
-        check_is_fitted(self)
-        record = {
-            "class": type(self).__name__,
-            "params": _json_params(self.get_params(deep=False)),
-            "n_features_in_": int(self.n_features_in_),
-            "seed_": self.seed_,
-            "history_": {
-                "loss": self.history_.loss.tolist(),
-                "distortion": self.history_.distortion.tolist(),
-                "rate": self.history_.rate.tolist(),
-            },
-            "seconds": self.history_.seconds,
-            "monitor_": self.monitor_,
-        }
-        if hasattr(self, "feature_names_in_"):
-            record["feature_names_in_"] = self.feature_names_in_.tolist()
-        save_model(self.model_, directory, metadata={"estimator": record})
-
     def _inference_device(self) -> torch.device:
         """Where a loaded or unpickled model runs: `device`, or the CPU where that is not available here."""
         try:
@@ -362,12 +337,31 @@ def _json_params(params: dict) -> dict:
     return {name: convert(value) for name, value in params.items()}
 
 
-def load_estimator(directory: str | Path) -> IPAE | BetaVAE:
-    """The fitted estimator saved in `directory` with `save`, its model on `device` (the CPU where that is absent)."""
+def checkpoint_of(estimator) -> tuple[AutoEncoder, dict]:
+    """What `ipae.save` writes of a fitted estimator: its model, and model.json's metadata that holds the
+    rest (the class, the parameters, the fitted attributes)."""
+    if not isinstance(estimator, _AutoEncoderTransformer):
+        raise TypeError(f"ipae.save takes an AutoEncoder or a fitted IPAE or BetaVAE, got {type(estimator).__name__}")
+    check_is_fitted(estimator)
+    record = {
+        "class": type(estimator).__name__,
+        "params": _json_params(estimator.get_params(deep=False)),
+        "n_features_in_": int(estimator.n_features_in_),
+        "seed_": estimator.seed_,
+        "history_": {name: getattr(estimator.history_, name).tolist() for name in ("loss", "distortion", "rate")},
+        "seconds": estimator.history_.seconds,
+        "monitor_": estimator.monitor_,
+    }
+    if hasattr(estimator, "feature_names_in_"):
+        record["feature_names_in_"] = estimator.feature_names_in_.tolist()
+    return estimator.model_, {"estimator": record}
+
+
+def from_checkpoint(directory: str | Path) -> IPAE | BetaVAE:
+    """The fitted estimator that `ipae.save` wrote into `directory`, its model on `device` (the CPU where
+    that is absent); `ipae.load` calls it for a directory whose metadata holds an estimator."""
     directory = Path(directory)
     record = read_metadata(directory).get("estimator")
-    if not isinstance(record, dict):
-        raise ValueError(f"{directory}: holds a plain model, not a saved estimator (no estimator metadata); load it with ipae.load")
     try:
         cls = ESTIMATORS[record["class"]]
         params = dict(record["params"])
@@ -378,20 +372,13 @@ def load_estimator(directory: str | Path) -> IPAE | BetaVAE:
         )
         n_features_in, seed = int(record["n_features_in_"]), int(record["seed_"])
         monitor = list(record.get("monitor_", []))  # absent from estimators saved by earlier versions
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{directory / 'model.json'}: damaged estimator metadata ({type(error).__name__}: {error})") from None
+        expected = estimator._spec(n_features_in)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as error:
+        reason = " ".join(str(error).split())
+        raise ValueError(f"{directory / 'model.json'}: damaged estimator metadata ({type(error).__name__}: {reason})") from None
     model = load_model(directory)
-    expected = estimator._spec()
-    architecture = expected.architecture((n_features_in,)).to_dict()
-    rate = spec(create(expected.rate, **expected.rate_options))
-    saved = model_record(model)
-    if (saved["architecture"], saved["rate"], saved["distortion"], saved["beta"]) != (
-        architecture,
-        rate,
-        expected.distortion,
-        expected.beta,
-    ):
-        raise ValueError(f"{directory}: the model {saved} does not match the estimator's parameters {params}")
+    if model.spec != expected:
+        raise ValueError(f"{directory}: the model {model.spec.to_dict()} does not match the estimator's parameters {params}")
     estimator.model_ = model.to(estimator._inference_device()).eval()
     estimator.n_features_in_ = n_features_in
     if "feature_names_in_" in record:

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ipae.checkpoint import read_metadata, save_model
 from ipae.data.arrays import value_range
-from ipae.models import DISTORTIONS, AutoEncoder
+from ipae.models import AutoEncoder, ModelSpec
 from ipae.networks import ARCHITECTURES, MLP, Conv
-from ipae.rates import RATES, create
 from ipae.results import write_atomic, write_json
 from ipae.train import TrainConfig, TrainResult, train
 
@@ -24,52 +22,31 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["ModelSpec", "build_model", "fit", "OPTIONS", "from_options", "read_options", "options_toml", "merged_options", "save_fit"]
+__all__ = ["build_model", "fit", "OPTIONS", "from_options", "read_options", "options_toml", "merged_options", "save_fit"]
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """The model that a fit builds for data of a given sample shape."""
-
-    arch: str = "mlp"  # "mlp": the paper's fully connected pair; "conv": Burgess et al.'s, for images
-    n_components: int = 16  # D, the size of the code; section 4.1 uses 16
-    hidden: tuple[int, ...] = (2048,)  # "mlp" only: hidden layer sizes; the paper's toy model has one of 2048
-    activation: str = "relu"  # "mlp" only: a key of ipae.layers.ACTIVATIONS
-    distortion: str = "mse"  # a key of ipae.models.DISTORTIONS; "bernoulli" for data in [0, 1]
-    rate: str = "ip"  # a key of ipae.rates.RATES
-    rate_options: dict = field(default_factory=dict)  # the rate's own, e.g. {"n_partners": 8}
-    beta: float | None = None  # None: the rate's default_beta
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden", tuple(self.hidden))
-        if self.arch not in ARCHITECTURES:
-            raise ValueError(f"unknown arch {self.arch!r}; choose from {', '.join(ARCHITECTURES)}")
-        if isinstance(self.n_components, bool) or not isinstance(self.n_components, int) or self.n_components < 1:
-            raise ValueError(f"n_components must be an integer >= 1, got {self.n_components!r}")
-        if self.distortion not in DISTORTIONS:
-            raise ValueError(f"unknown distortion {self.distortion!r}; choose from {', '.join(DISTORTIONS)}")
-        if self.rate not in RATES:
-            raise ValueError(f"unknown rate {self.rate!r}; choose from {', '.join(RATES)}")
-        create(self.rate, **self.rate_options)  # checks the options
-        if self.beta is not None and (
-            isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not 0 <= self.beta < math.inf
-        ):
-            raise ValueError(f"beta must be a finite number >= 0, got {self.beta!r}")
-
-    def architecture(self, sample_shape: tuple[int, ...]) -> MLP | Conv:
-        if self.arch == "conv":
-            return Conv(sample_shape, self.n_components)
-        return MLP(sample_shape, self.hidden, self.n_components, self.activation)
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "hidden": list(self.hidden)}
+def architecture_of(
+    arch: str, n_components: int, hidden: tuple[int, ...], activation: str, sample_shape: tuple[int, ...] | None = None
+) -> MLP | Conv:
+    """The networks that the options of a fit (and an estimator's parameters) name, for samples of
+    `sample_shape` (None: the architecture's default, until the data says): "mlp", the paper's fully
+    connected pair (`hidden`, `activation`); "conv", Burgess et al.'s for images (which takes neither)."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHITECTURES)}")
+    if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
+        raise ValueError(f"n_components must be an integer >= 1, got {n_components!r}")
+    shape = ARCHITECTURES[arch].input_shape if sample_shape is None else sample_shape
+    if arch == "conv":
+        return Conv(shape, n_components)
+    return MLP(shape, hidden, n_components, activation)
 
 
 def build_model(spec: ModelSpec, sample_shape: tuple[int, ...], *, seed: int = 0) -> AutoEncoder:
-    """The model `spec` describes for samples of `sample_shape`, its weights drawn from `seed`."""
-    rate = create(spec.rate, **spec.rate_options)
-    beta = rate.default_beta if spec.beta is None else spec.beta
-    return AutoEncoder.from_architecture(spec.architecture(sample_shape), seed=seed, rate=rate, distortion=spec.distortion, beta=beta)
+    """The model `spec` describes, for samples of `sample_shape` (its architecture's input_shape is
+    replaced by it), its weights drawn from `seed`."""
+    if spec.architecture is None:
+        raise ValueError("a fit builds its networks: the model description needs an architecture (ipae.networks.MLP or Conv)")
+    return replace(spec, architecture=replace(spec.architecture, input_shape=sample_shape)).build(seed=seed)
 
 
 def fit(
@@ -133,7 +110,15 @@ def from_options(options: dict) -> tuple[ModelSpec, TrainConfig]:
     rate_options = {RATE_OPTIONS[name]: options[name] for name in RATE_OPTIONS if name in options}
     if rate_options.get("n_partners") == "all":
         rate_options["n_partners"] = None
-    spec = ModelSpec(**{name: options[name] for name in SPEC_OPTIONS if name in options}, rate_options=rate_options)
+    hidden = tuple(options.get("hidden", MLP.hidden))
+    networks = (options.get("arch", "mlp"), options.get("n_components", 16), hidden, options.get("activation", MLP.activation))
+    spec = ModelSpec(
+        architecture_of(*networks),  # for samples of the architecture's default shape: `fit` sets the data's
+        rate=options.get("rate", "ip"),
+        rate_options=rate_options,
+        distortion=options.get("distortion", "mse"),
+        beta=options.get("beta"),
+    )
     config = TrainConfig(**{name: options[name] for name in TRAIN_OPTIONS if name in options})
     return spec, config
 
@@ -190,7 +175,7 @@ def _checked_options(values: dict, source: Path, unknown_means: str) -> dict:
             if name in TRAIN_OPTIONS:
                 TrainConfig(**{name: value})
             elif name in ("arch", "rate", "beta"):
-                ModelSpec(**{name: value})
+                from_options({name: value})
         except ValueError as error:
             raise ValueError(f"{source}: {error}") from None
     if isinstance(options.get("hidden"), list):

@@ -6,9 +6,10 @@ else: batches, noise, distributed training, checkpoints and logs belong to `ipae
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import torch
@@ -16,10 +17,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ipae.information import reparameterise
-from ipae.networks import MLP, Conv
-from ipae.rates import Rate, create
+from ipae.networks import MLP, Conv, architecture_from_dict
+from ipae.rates import RATES, Rate, create
+from ipae.rates import spec as rate_spec
 
-__all__ = ["AutoEncoder", "paper_conventions", "LossTerms", "Noise", "Preset", "PRESETS", "DISTORTIONS", "LOGVAR_LIMIT"]
+__all__ = ["AutoEncoder", "ModelSpec", "paper_conventions", "LossTerms", "Noise", "PRESETS", "DISTORTIONS", "LOGVAR_LIMIT"]
 
 # logvar = LOGVAR_LIMIT * tanh(raw / LOGVAR_LIMIT): the identity near 0 (so a fresh encoder starts at
 # sigma ~ 1 as usual) but bounded to [-15, 15], i.e. sigma^2 in [3e-7, 3.3e6]. Inside that range 1/sigma^2,
@@ -74,22 +76,128 @@ def _same(tensor: Tensor) -> Tensor:
     return tensor
 
 
-@dataclass(frozen=True)
-class Preset:
-    """A named architecture with the distortion and beta that go with it."""
+def _check_terms(distortion: str, beta: float, logvar_limit: float | None, distortion_weight: float) -> None:
+    """ValueError unless these are options an AutoEncoder takes (its own and `ModelSpec`'s one check)."""
+    if distortion not in DISTORTIONS:
+        raise ValueError(f"unknown distortion {distortion!r}; choose from {', '.join(DISTORTIONS)}")
+    if isinstance(beta, bool) or not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta >= 0):
+        raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+    if logvar_limit is not None and (
+        isinstance(logvar_limit, bool) or not (isinstance(logvar_limit, (int, float)) and 0 < logvar_limit < math.inf)
+    ):
+        raise ValueError(f"logvar_limit must be a finite number > 0 or None, got {logvar_limit!r}")
+    if isinstance(distortion_weight, bool) or not (
+        isinstance(distortion_weight, (int, float)) and math.isfinite(distortion_weight) and distortion_weight > 0
+    ):
+        raise ValueError(f"distortion_weight must be a finite number > 0, got {distortion_weight!r}")
 
-    architecture: MLP | Conv
-    distortion: str
-    beta: float
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model is, as data: the one description that the presets, `ipae fit`, the estimators, a
+    model directory's model.json and an experiment's record all use. `build` makes the model it
+    describes; `to_dict` and `from_dict` are its JSON form (model.json's "model", format version 2);
+    `AutoEncoder.spec` is a model's own."""
+
+    architecture: MLP | Conv | None = MLP()  # the networks' builder; None: networks of your own, given to `build`
+    rate: str = "ip"  # the rate's name: a key of ipae.rates.RATES, or the `name` of a Rate subclass of your own
+    rate_options: dict = field(default_factory=dict)  # the rate's own, e.g. {"n_partners": 8}
+    distortion: str = "mse"  # a key of DISTORTIONS; "bernoulli" for data in [0, 1]
+    beta: float | None = None  # the rate's weight; None: the rate's default_beta (a registered rate only)
+    logvar_limit: float | None = LOGVAR_LIMIT  # the log-variance's bound (see LOGVAR_LIMIT); None: none, as printed
+    distortion_weight: float = 1.0  # 1/2 for IPAE as printed (eq. 11); see paper_conventions
+
+    def __post_init__(self) -> None:
+        if self.architecture is not None and not isinstance(self.architecture, (MLP, Conv)):
+            raise ValueError(f"architecture must be an ipae.networks.MLP or Conv, or None, got {type(self.architecture).__name__}")
+        if not isinstance(self.rate, str) or not self.rate:
+            raise ValueError(f"rate must be the name of a rate, got {self.rate!r}")
+        if not isinstance(self.rate_options, dict) or "name" in self.rate_options:
+            raise ValueError(f"rate_options must be a dict of the rate's options, got {self.rate_options!r}")
+        if self.rate in RATES:  # the options checked, and all of them named: the description of a model is one
+            options = rate_spec(create(self.rate, **self.rate_options))
+            object.__setattr__(self, "rate_options", {name: value for name, value in options.items() if name != "name"})
+        if self.beta is None:
+            if self.rate not in RATES:
+                raise ValueError(f"beta must be given for the rate {self.rate!r}, which is not one of ipae's")
+            object.__setattr__(self, "beta", RATES[self.rate].default_beta)
+        _check_terms(self.distortion, self.beta, self.logvar_limit, self.distortion_weight)
+
+    def to_dict(self) -> dict:
+        """As JSON: the architecture's `to_dict` (None for networks of your own), the rate as `ipae.rates.spec` writes it."""
+        return {
+            "architecture": None if self.architecture is None else self.architecture.to_dict(),
+            "rate": {"name": self.rate, **self.rate_options},
+            "distortion": self.distortion,
+            "beta": self.beta,
+            "logvar_limit": self.logvar_limit,
+            "distortion_weight": self.distortion_weight,
+        }
+
+    @classmethod
+    def from_dict(cls, record: dict) -> ModelSpec:
+        """The description that `to_dict` wrote; a ValueError saying what is wrong otherwise."""
+        try:
+            fields = dict(record)
+            rate = dict(fields.pop("rate"))
+            architecture = fields.pop("architecture")
+            fields.setdefault("distortion_weight", 1.0)  # older model.json files lack it: 1
+            return cls(
+                architecture=None if architecture is None else architecture_from_dict(architecture),
+                rate=rate.pop("name"),
+                rate_options=rate,
+                **fields,
+            )
+        except (KeyError, TypeError, AttributeError, OverflowError) as error:
+            reason = f"no {error}" if isinstance(error, KeyError) else " ".join(str(error).split())
+            raise ValueError(f"{type(error).__name__}: {reason}") from None
+
+    def build(
+        self, *, seed: int = 0, encoder: nn.Module | None = None, decoder: nn.Module | None = None, rate: Rate | None = None
+    ) -> AutoEncoder:
+        """The model described, its weights drawn from `seed`; into `encoder` and `decoder` (built as when
+        the model was described) for networks of your own. `rate`: the rate object to use, of this name and
+        options (needed for a rate of your own; a registered one is built from the description)."""
+        described = {"name": self.rate, **self.rate_options}
+        if rate is None:
+            if self.rate not in RATES:
+                raise Mismatch(
+                    f"the rate {_short(described)} is not one of ipae's ({', '.join(RATES)}); "
+                    "a rate of your own loads with rate= built as when it was saved"
+                )
+            rate = create(self.rate, **self.rate_options)
+        elif not isinstance(rate, Rate):
+            raise Mismatch(f"rate must be an ipae.rates.Rate, got {type(rate).__name__}")
+        elif json.loads(json.dumps(rate_spec(rate))) != json.loads(json.dumps(described)):  # as JSON holds them: a tuple reads as a list
+            raise Mismatch(f"the model was saved with rate {_short(described)}; the rate passed is {_short(rate_spec(rate))}")
+        options = {"rate": rate, "distortion": self.distortion, "beta": self.beta}
+        options |= {"logvar_limit": self.logvar_limit, "distortion_weight": self.distortion_weight}
+        if self.architecture is None:
+            if encoder is None or decoder is None:
+                raise Mismatch("the model has networks of its own; load it with encoder= and decoder= modules built as when it was saved")
+            return AutoEncoder(encoder, decoder, **options)
+        if encoder is not None or decoder is not None:
+            raise Mismatch(f"the model builds its own networks ({self.architecture.to_dict()['kind']}); pass no encoder or decoder")
+        return AutoEncoder.from_architecture(self.architecture, seed=seed, **options)
+
+
+class Mismatch(ValueError):
+    """`ModelSpec.build`'s refusal of the networks or the rate given: they are not those described."""
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "..."
 
 
 # The paper's two models: toy 2 -relu-> 2048 -> (16, 16) -> 2048 -relu-> 2 (section 4.1) and MNIST
 # 784 -sigmoid-> 1024 -> (8, 8) -> 1024 -sigmoid-> 784 with the Bernoulli distortion (section 4.2);
 # and the convolutional pair of Burgess et al. (2018) for 28 x 28 images (`input_shape` for others).
-PRESETS: dict[str, Preset] = {
-    "toy": Preset(MLP(), "mse", 0.01),
-    "mnist": Preset(MLP((784,), (1024,), 8, "sigmoid"), "bernoulli", 1e-5),
-    "conv": Preset(Conv(), "bernoulli", 1e-5),
+# Each with IPAE's rate (N_j = 1); `AutoEncoder.from_preset` takes another.
+PRESETS: dict[str, ModelSpec] = {
+    "toy": ModelSpec(MLP(), distortion="mse", beta=0.01),
+    "mnist": ModelSpec(MLP((784,), (1024,), 8, "sigmoid"), distortion="bernoulli", beta=1e-5),
+    "conv": ModelSpec(Conv(), distortion="bernoulli", beta=1e-5),
 }
 
 
@@ -136,18 +244,7 @@ class AutoEncoder(nn.Module):
         rate = create(rate) if isinstance(rate, str) else rate
         if not isinstance(rate, Rate):
             raise ValueError(f"rate must be an ipae.rates.Rate or its name, got {type(rate).__name__}")
-        if distortion not in DISTORTIONS:
-            raise ValueError(f"unknown distortion {distortion!r}; choose from {', '.join(DISTORTIONS)}")
-        if isinstance(beta, bool) or not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta >= 0):
-            raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
-        if logvar_limit is not None and (
-            isinstance(logvar_limit, bool) or not (isinstance(logvar_limit, (int, float)) and 0 < logvar_limit < math.inf)
-        ):
-            raise ValueError(f"logvar_limit must be a finite number > 0 or None, got {logvar_limit!r}")
-        if isinstance(distortion_weight, bool) or not (
-            isinstance(distortion_weight, (int, float)) and math.isfinite(distortion_weight) and distortion_weight > 0
-        ):
-            raise ValueError(f"distortion_weight must be a finite number > 0, got {distortion_weight!r}")
+        _check_terms(distortion, beta, logvar_limit, distortion_weight)
         self.distortion_weight = float(distortion_weight)
         self.encoder, self.decoder, self.rate = encoder, decoder, rate
         self.distortion, self.beta, self.logvar_limit, self.architecture = distortion, float(beta), logvar_limit, architecture
@@ -180,6 +277,7 @@ class AutoEncoder(nn.Module):
             raise ValueError(f"preset {name!r}: {error}") from None
         rate = create(rate) if isinstance(rate, str) else rate
         options = {"rate": rate, "beta": preset.beta if beta is None else beta, "distortion": distortion or preset.distortion}
+        options |= {"logvar_limit": preset.logvar_limit, "distortion_weight": preset.distortion_weight}
         return cls.from_architecture(built, seed=seed, **(options | (paper_conventions(options) if paper_exact else {})))
 
     @classmethod
@@ -187,6 +285,15 @@ class AutoEncoder(nn.Module):
         """A model whose networks `architecture` builds, the weights drawn from `seed` (no global random state)."""
         encoder, decoder = architecture.build(torch.Generator().manual_seed(seed))
         return cls(encoder, decoder, architecture=architecture, **options)
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The model's description (what model.json records): enough to build it again, with the
+        networks and the rate object for those of your own. A ValueError for a rate that cannot be
+        described (`ipae.rates.spec`)."""
+        options = rate_spec(self.rate)
+        name = options.pop("name")
+        return ModelSpec(self.architecture, name, options, self.distortion, self.beta, self.logvar_limit, self.distortion_weight)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (B, ...) -> mu (B, D), logvar (B, D), in x's dtype also when the layers run under bf16 autocast."""

@@ -58,11 +58,11 @@ def run_conv(run: Run, data_dir: Path | None, out: Path) -> dict:
         return json.loads(record.read_text())
     model_seed, train_seed, info_seed = child_seeds(run.seed, 3)
     data = load_mnist(data_dir)
-    model = AutoEncoder.from_preset("conv", rate=run.rate, beta=run.beta, seed=model_seed)
+    model = run.model("conv").build(seed=model_seed, rate=run.rate)
     config = replace(run.training, seed=train_seed, checkpoint_every=run.training.checkpoint_every or 500)
     checkpoint = out.with_name(out.name + ".checkpoint")
     resume = checkpoint if has_state(checkpoint) else None
-    metrics: dict = {"config": run.describe()}
+    metrics: dict = {"config": run.to_dict("conv")}
     try:
         with json_lines(
             out.with_name(out.name + ".jsonl")

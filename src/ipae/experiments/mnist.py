@@ -17,7 +17,6 @@ from ipae.diagnostics import INFORMATION_POINTS, diagnose
 from ipae.evaluation import principal_components, within_class_fraction
 from ipae.experiments.parallel import map_runs
 from ipae.experiments.runs import Run, child_seeds, run_provenance, train_logged
-from ipae.models import AutoEncoder
 from ipae.results import save_png, write_atomic, write_json
 
 __all__ = [
@@ -72,7 +71,7 @@ def run_repeat(run: Run, data_dir: Path | None, out: Path, repeat: int, *, devic
         return json.loads(record.read_text())
     subset_seed, model_seed, train_seed, evaluation_seed = child_seeds(child_seeds(run.seed, repeat + 1)[repeat], 4)
     data, x_unused = held_out(dataset, data_dir, subset_seed)
-    model = AutoEncoder.from_preset("mnist", rate=run.rate, beta=run.beta, seed=model_seed, paper_exact=run.paper_exact).to(device or "cpu")
+    model = run.model("mnist").build(seed=model_seed, rate=run.rate).to(device or "cpu")
     x_train = torch.from_numpy(data.x_train)
     metrics: dict = {"repeat": repeat, "dataset": dataset, **run.row(), "n_train": len(x_train), "n_test": len(data.x_test)}
     metrics |= run_provenance(device or "cpu")
@@ -140,7 +139,7 @@ def summarise_repeats(run: Run, results: list[dict], out: Path) -> dict:
     pictures = [np.load(out / f"repeat-{result['repeat']}-pca.npz") for result in results if result["status"] == "ok"]
     compactness = [within_class_fraction(picture["pca"], picture["labels"]) for picture in pictures]
     metrics = {
-        "config": run.describe(),
+        "config": run.to_dict("mnist"),
         "repeats": len(results),
         "svm_error": statistics.mean(errors) if errors else None,
         "svm_error_std": statistics.stdev(errors) if len(errors) > 1 else (0.0 if errors else None),

@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from ipae._version import __version__
+from ipae.models import PRESETS, ModelSpec, paper_conventions
 from ipae.rates import InformationPotential, Rate, spec
 from ipae.results import cpu_name, json_lines, remove_stale, revision, write_json
 from ipae.train import TrainConfig, TrainingDiverged, TrainResult, train
@@ -79,15 +80,19 @@ class Run:
             "paper_exact": self.paper_exact,
         }
 
-    def describe(self) -> dict:
-        """The configuration as JSON."""
-        return {
-            "rate": spec(self.rate),
-            "beta": self.beta,
-            "seed": self.seed,
-            "paper_exact": self.paper_exact,
-            "training": self.training.to_dict(),
-        }
+    def model(self, preset: str) -> ModelSpec:
+        """The run's model: the preset named `preset` (`ipae.models.PRESETS`: the architecture and the
+        distortion) with the run's rate and beta, as printed where `paper_exact`."""
+        options = spec(self.rate)
+        model = replace(PRESETS[preset], rate=options.pop("name"), rate_options=options, beta=self.beta)
+        if self.paper_exact:
+            model = replace(model, **paper_conventions({"rate": self.rate, "distortion": model.distortion}))
+        return model
+
+    def to_dict(self, preset: str) -> dict:
+        """The configuration as JSON, with the model built on `preset` (`model`): what a run's record keeps."""
+        model = self.model(preset).to_dict()
+        return {"model": model, "seed": self.seed, "paper_exact": self.paper_exact, "training": self.training.to_dict()}
 
 
 def child_seeds(seed: int, count: int) -> list[int]:

@@ -15,7 +15,6 @@ from ipae.diagnostics import diagnose
 from ipae.evaluation import centre_distance
 from ipae.experiments.runs import Run, child_seeds, run_provenance, train_logged
 from ipae.information import reparameterise
-from ipae.models import AutoEncoder
 from ipae.results import save_png, write_json
 from ipae.train import resolve_device
 
@@ -47,11 +46,10 @@ def run_toy(
     out.mkdir(exist_ok=True)
     data_seed, model_seed, train_seed, evaluation_seed = child_seeds(run.seed, 4)
     data = gaussian_grid(seed=data_seed)
-    model = AutoEncoder.from_preset("toy", rate=run.rate, beta=run.beta, seed=model_seed, paper_exact=run.paper_exact).to(device)
+    model = run.model("toy").build(seed=model_seed, rate=run.rate).to(device)
     metrics: dict = {
         **run_provenance(device),
-        "config": run.describe(),
-        "architecture": model.architecture.to_dict(),
+        "config": run.to_dict("toy"),
         "E_identity": centre_distance(data.x, data.labels, data.centres),
     }
     config = replace(run.training, seed=train_seed, progress=progress)
