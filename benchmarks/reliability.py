@@ -44,13 +44,16 @@ RECORDS = re.compile(r"^from reliability import .*\brecord\b", re.MULTILINE)  # 
 # section -> the heading of its table, in the page's order; a section not named here follows them
 SECTIONS = {
     "kills": "Kills survived (fit and sweep)",
+    "cluster": "Sweeps on a Dask cluster",
     "fuzz": "Fuzz inputs tried per loader",
     "bad input": "Bad inputs refused",
     "numerical edges": "Numerical edge cases",
     "determinism": "Determinism checks",
+    "memory": "Memory that does not grow with the run",
 }
 # section -> what a reader needs to read its table
 NOTES = {
+    "cluster": "A LocalCluster of single-thread worker processes on this machine: the same client code as a cluster of machines.",
     "determinism": "Across thread counts PyTorch promises no bit-identity (a matmul or a reduction may split its sums "
     "differently): there the difference is measured and shown, not asserted away.",
 }

@@ -6,7 +6,7 @@
 appends one JSON line to the file named by the environment variable IPAE_RELIABILITY_LOG, and does
 nothing when it is unset (a plain pytest run). `benchmarks/reliability.py` sets it, runs the tests and
 turns the lines into the page, so every number on the page was counted by a test that passed.
-Sections: "kills", "fuzz", "bad input", "numerical edges", "determinism".
+Sections: "kills", "cluster", "fuzz", "bad input", "numerical edges", "determinism", "memory".
 """
 
 from __future__ import annotations

@@ -55,6 +55,36 @@ def _kill(process: subprocess.Popen) -> None:
     process.wait()
 
 
+# A command that writes nothing under its folder for this long is hung. The bound is on a lack of progress, not on
+# the whole run: on a core shared with other jobs the reference sweep took 380 s of a former 600 s limit.
+STALL_SECONDS = 600
+
+
+def _files(folder: Path) -> set[tuple[str, int, int]]:
+    """(path, size, modification time) of each file under `folder`: any change is progress."""
+    found = set()
+    for path in folder.rglob("*"):
+        try:
+            found.add((str(path), path.stat().st_size, path.stat().st_mtime_ns))
+        except FileNotFoundError:  # renamed or removed meanwhile
+            pass
+    return found
+
+
+def _wait(process: subprocess.Popen, folder: Path, log: Path) -> int:
+    """The command's exit code; fails (killing it) if it writes nothing under `folder` for STALL_SECONDS."""
+    last, since = _files(folder), time.monotonic()
+    while process.poll() is None:
+        time.sleep(0.5)
+        now = _files(folder)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since > STALL_SECONDS:
+            _kill(process)
+            pytest.fail(f"nothing written under {folder} for {STALL_SECONDS} s: {log.read_text()[-2000:]}")
+    return process.returncode
+
+
 def _without_timing(record_: dict) -> dict:
     return {key: value for key, value in record_.items() if key not in TIMING}
 
@@ -78,7 +108,7 @@ def test_a_figure2_sweep_killed_at_random_moments_redoes_nothing_and_ends_as_an_
     reference = tmp_path / "reference"
     started = time.time()
     process = _start([*sweep, "--out", str(reference)], tmp_path / "reference.log")
-    assert process.wait(timeout=600) == 0, (tmp_path / "reference.log").read_text()[-2000:]
+    assert _wait(process, reference, tmp_path / "reference.log") == 0, (tmp_path / "reference.log").read_text()[-2000:]
     # The kills fall anywhere from the start-up to a few repeats in: measured on the uninterrupted run.
     written = sorted(path.stat().st_mtime for path in reference.glob("runs/*/repeat-*.json"))
     first_repeat = written[0] - started
@@ -99,7 +129,7 @@ def test_a_figure2_sweep_killed_at_random_moments_redoes_nothing_and_ends_as_an_
                 _kill(process)
                 kills += 1
         else:
-            finished = process.wait(timeout=600) == 0
+            finished = _wait(process, out, log) == 0
             assert finished, log.read_text()[-2000:]
         before = len(seen)
         _check_repeats(out, seen)
@@ -153,7 +183,7 @@ def test_a_fit_killed_after_its_resume_ends_as_an_uninterrupted_one(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
     process = _start([*fit, "--out", str(runs / "whole")], tmp_path / "whole.log")
-    assert process.wait(timeout=600) == 0, (tmp_path / "whole.log").read_text()
+    assert _wait(process, runs, tmp_path / "whole.log") == 0, (tmp_path / "whole.log").read_text()
 
     out, checkpoint, log, rng = runs / "killed", runs / "killed.checkpoint", tmp_path / "killed.log", random.Random(6)
     resume = ["fit", "--resume", str(checkpoint), "--out", str(out)]
@@ -171,7 +201,7 @@ def test_a_fit_killed_after_its_resume_ends_as_an_uninterrupted_one(tmp_path):
         steps.append(_checkpoint_step(checkpoint))
         load_model(checkpoint), load_state(checkpoint)  # the checkpoint that a kill leaves is whole
     process = _start(resume, log)
-    assert process.wait(timeout=600) == 0, log.read_text()[-2000:]
+    assert _wait(process, runs, log) == 0, log.read_text()[-2000:]
 
     assert steps[0] < steps[1] < steps[2] < 4000
     whole, killed = load_file(runs / "whole" / "model.safetensors"), load_file(out / "model.safetensors")

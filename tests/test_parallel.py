@@ -21,10 +21,12 @@ from ipae.cli import main
 from ipae.experiments.parallel import map_runs, on_cluster
 from ipae.experiments.rate_matched import reproduce_rate_matched
 from ipae.train import TrainConfig
+from reliability import record
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 needs_mnist = pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"the real MNIST files are not at {SHARED_MNIST}")
 GRACE = 5.0  # seconds a worker may outlive its parent (the issue's bound)
+KILLED = f"no process of its session alive {GRACE:.0f} s later"
 
 
 def test_map_runs_returns_the_results_in_order_with_and_without_workers():
@@ -65,20 +67,24 @@ def _wait_for(condition, *, timeout: float) -> bool:
     return True
 
 
-def _kill_the_main_process(command: list[str], tmp_path: Path, ready) -> None:
+def _kill_the_main_process(command: list[str], tmp_path: Path, ready) -> str:
     """Start `command` in a session of its own, wait until `ready()`, SIGKILL its main process alone, and fail
-    if any process of the session outlives it by GRACE."""
+    if any process of the session outlives it by GRACE. Returns what was measured, for docs/reliability.md."""
     log = tmp_path / "command.log"
     with open(log, "wb") as output:
         process = subprocess.Popen(command, stdout=output, stderr=output, start_new_session=True)
     try:
         assert _wait_for(lambda: ready(process.pid) or process.poll() is not None, timeout=600), "never ready"
         assert process.poll() is None, f"the command ended before its kill: {log.read_text()[-2000:]}"
+        others = len(_alive_in_session(process.pid)) - 1  # the workers (and any helper process), not the main one
         os.kill(process.pid, signal.SIGKILL)
+        killed = time.monotonic()
         process.wait()
         _wait_for(lambda: not _alive_in_session(process.pid), timeout=GRACE)
+        gone = time.monotonic() - killed
         left = _alive_in_session(process.pid)
         assert not left, f"alive {GRACE:.0f} s after their parent's SIGKILL: {left}"
+        return f"{others} other processes alive at the kill, the last gone {gone:.2f} s after it"
     finally:  # whatever the outcome, nothing of ours stays behind
         try:
             os.killpg(process.pid, signal.SIGKILL)
@@ -108,7 +114,8 @@ from ipae.experiments.parallel import map_runs
 map_runs(sleeper.sleep, [{str(tmp_path / "a")!r}, {str(tmp_path / "b")!r}], jobs=2, progress=False)
 """
     ready = lambda session: (tmp_path / "a").exists() and (tmp_path / "b").exists()  # noqa: E731
-    _kill_the_main_process([sys.executable, "-c", script], tmp_path, ready)
+    detail = _kill_the_main_process([sys.executable, "-c", script], tmp_path, ready)
+    record("kills", "map_runs(jobs=2) in a plain script: SIGKILL of its main process alone", tried=1, outcome=KILLED, detail=detail)
 
 
 SWEEPS = {  # every command with --jobs, with enough steps that the kill finds its workers training
@@ -133,7 +140,8 @@ def test_no_worker_outlives_a_sigkill_of_the_commands_main_process(name, tmp_pat
     """Killed while both workers train (their logs, *.jsonl, exist)."""
     options = ["--steps", "1000000", "--jobs", "2", "--threads", "1", "--quiet", "--out", str(tmp_path / "out")]
     command = [sys.executable, "-m", "ipae.cli", *SWEEPS[name], *options]
-    _kill_the_main_process(command, tmp_path, lambda session: len(list(tmp_path.rglob("*.jsonl"))) >= 2)
+    detail = _kill_the_main_process(command, tmp_path, lambda session: len(list(tmp_path.rglob("*.jsonl"))) >= 2)
+    record("kills", f"ipae {name} --jobs 2: SIGKILL of its main process alone, workers training", tried=1, outcome=KILLED, detail=detail)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -149,8 +157,8 @@ def cluster():
         yield local.scheduler_address
 
 
-def _without_timing(record: dict) -> dict:
-    return {key: value for key, value in record.items() if key not in TIMING}
+def _without_timing(fields: dict) -> dict:
+    return {key: value for key, value in fields.items() if key not in TIMING}
 
 
 def _contents(out: Path) -> dict[str, object]:
@@ -182,8 +190,15 @@ def test_a_sweep_on_a_local_cluster_writes_the_records_of_jobs_2(cluster, tmp_pa
     assert remote.keys() == local.keys()
     for name in local:
         assert remote[name] == local[name], name
-    records = [json.loads(line) for line in (tmp_path / "cluster" / "runs.jsonl").read_text().splitlines()]
-    assert all(record["status"] == "ok" and math.isfinite(record["E_sampled"]) for record in records)
+    runs = [json.loads(line) for line in (tmp_path / "cluster" / "runs.jsonl").read_text().splitlines()]
+    assert all(run["status"] == "ok" and math.isfinite(run["E_sampled"]) for run in runs)
+    record(
+        "cluster",
+        "ipae reproduce rate-matched (toy) on a LocalCluster of 2 single-thread workers against --jobs 2",
+        tried=len(runs),
+        outcome="every file the same, the JSON records bit for bit but their wall times",
+        detail=f"{len(local)} files compared",
+    )
 
 
 def test_a_resumed_sweep_on_the_cluster_keeps_its_finished_runs(cluster, tmp_path):
@@ -196,6 +211,7 @@ def test_a_resumed_sweep_on_the_cluster_keeps_its_finished_runs(cluster, tmp_pat
         sweep(out, repeats=2)
     assert (first.stat().st_mtime_ns, first.read_bytes()) == before  # not run again, not written again
     assert (out / "runs" / "vae-beta0.1" / "repeat-1" / "metrics.json").is_file()
+    record("cluster", "a sweep resumed on the cluster", tried=1, outcome="its finished run neither run nor written again; the new one run")
 
 
 def _lose_the_worker_once(folder: str) -> int:
@@ -211,6 +227,10 @@ def test_a_run_whose_worker_is_lost_is_run_again(cluster, tmp_path):
     (calls := tmp_path / "calls").mkdir()
     with on_cluster(cluster, tmp_path / "out"):
         assert map_runs(_lose_the_worker_once, [str(calls)], progress=False) == [2]
+    attempts = len(list(calls.iterdir()))
+    record(
+        "cluster", "a run whose worker is SIGKILLed in it", tried=1, outcome="run again; its result returned", detail=f"{attempts} tries"
+    )
 
 
 def test_the_cli_refuses_a_cluster_it_cannot_use_in_one_line(tmp_path, capsys):
@@ -229,6 +249,7 @@ def test_the_cli_refuses_a_cluster_it_cannot_use_in_one_line(tmp_path, capsys):
         error = capsys.readouterr().err
         assert error.startswith("ipae: error: ") and message in error and error.count("\n") == 1, error
         assert not out.exists()
+    record("bad input", "ipae reproduce --cluster that cannot be used", tried=2, outcome="one line, exit 2, nothing written")
 
 
 def _lose_the_worker(_: object) -> None:
@@ -243,3 +264,4 @@ def test_a_run_that_loses_every_worker_ends_in_one_error_naming_resume(tmp_path)
         with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as local:
             with on_cluster(local.scheduler_address, tmp_path / "out"), pytest.raises(ConnectionError, match="rerun with --resume"):
                 map_runs(_lose_the_worker, [0], progress=False)
+    record("cluster", "a run that loses every worker (allowed-failures 0)", tried=1, outcome="one ConnectionError naming --resume")

@@ -19,6 +19,7 @@ from ipae.models import AutoEncoder
 from ipae.rates import InformationPotential, MonteCarlo, PriorKL
 from ipae.results import staged_directory, write_atomic
 from ipae.train import TrainConfig, TrainingDiverged, native_bf16, resolve_precision, train
+from reliability import record
 
 CPU = torch.device("cpu")
 # the module: `ipae.train` is the function that `ipae/__init__.py` exports under the module's name
@@ -384,6 +385,14 @@ def test_training_gives_the_weights_of_the_schedule_drawn_up_front(toy_x, tmp_pa
     monkeypatch.setattr(train_module, "_Schedule", _UpFront)
     _assert_same_weights(_weights(lazy), _trained(data, config))
     _assert_same_weights(_weights(pieces), _trained(data, config))
+    record(
+        "determinism",
+        f"the schedule drawn pass by pass against the one drawn up front ({config.steps} steps of {config.batch_size} over "
+        f"{len(toy_x)} samples, seed {config.seed})",
+        tried=2,
+        outcome="bit-identical weights",
+        detail=f"{source}; straight and resumed at step 9",
+    )
 
 
 def test_a_step_near_ten_million_is_found_without_building_the_schedule():
@@ -395,6 +404,13 @@ def test_a_step_near_ten_million_is_found_without_building_the_schedule():
         found = schedule(step)
     largest = max(event.cpu_memory_usage for event in profile.function_events)
     assert 8 * n <= largest <= 2 * 8 * n  # a pass is seen (the profiler counts allocations), and nothing larger
+    record(
+        "memory",
+        f"training schedule: step 10^7 - 1 of batches of {batch_size} over {n} samples",
+        tried=1,
+        outcome="found without building the schedule: no allocation larger than one pass",
+        detail=f"largest allocation {largest / 2**20:.1f} MiB; the whole schedule would be {(step + 1) * batch_size * 8 / 2**20:.0f} MiB",
+    )
     passes, offset = divmod(step * batch_size, n)
     generator = torch.Generator().manual_seed(0)
     for _ in range(passes + 1):  # the passes up to the step's, drawn as the whole schedule drew them
@@ -448,6 +464,9 @@ def test_a_refused_continuation_leaves_the_model_as_it_was(toy_x, tmp_path, chan
     with pytest.raises(ValueError, match=fragment):
         train(model, data, config, resume=tmp_path / "run")
     _assert_same_weights(_weights(model), before)
+    record(
+        "bad input", "train(resume=...) with other settings or data", tried=1, outcome="refused; the model left unchanged", detail=fragment
+    )
 
 
 def test_a_continuation_on_other_data_is_refused_for_every_fingerprinted_source(toy_x, tmp_path):
@@ -456,9 +475,17 @@ def test_a_continuation_on_other_data_is_refused_for_every_fingerprinted_source(
     other = toy_x.clone()
     other[17, 1] += 1e-3  # one value of 400
     np.save(tmp_path / "other.npy", other.numpy())
-    for data in (other, other.numpy(), np.load(tmp_path / "other.npy", mmap_mode="r")):
+    sources = (other, other.numpy(), np.load(tmp_path / "other.npy", mmap_mode="r"))
+    for data in sources:
         with pytest.raises(ValueError, match="on other data"):
             train(_model(), data, _config(), resume=first.state)
+    record(
+        "bad input",
+        "train(resume=...) on data that differ in one value of 400",
+        tried=len(sources),
+        outcome="refused: the data's fingerprint differs",
+        detail="tensor, array, memory-mapped .npy",
+    )
 
 
 def test_a_state_saved_before_fingerprints_continues(toy_x, tmp_path):
@@ -700,21 +727,21 @@ def test_the_monitor_records_information_and_distortion_of_the_codes_at_their_st
         next(log for log in logs if log["step"] == record["step"]) for record in result.monitor
     ]
     model, state = _model(), None
-    for record in result.monitor:  # the model at each measured step, and the measurement again, by hand
-        state = train(model, toy_x, config, resume=state, stop_at=record["step"]).state
-        generator = torch.Generator().manual_seed(train_module._monitor_seed(config.seed, record["step"]))
+    for measured in result.monitor:  # the model at each measured step, and the measurement again, by hand
+        state = train(model, toy_x, config, resume=state, stop_at=measured["step"]).state
+        generator = torch.Generator().manual_seed(train_module._monitor_seed(config.seed, measured["step"]))
         with torch.no_grad():
             mu, logvar = (t.double() for t in model.eval().encode(held_out))
             expected = information(mu, logvar, generator=generator, n_samples=3)
             z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=generator, dtype=torch.float64)
             distortion = ((model.decoder(z.float()) - held_out) ** 2).sum(dim=1).double().mean()
         model.train()
-        assert {key: record[key] for key in expected} == expected
-        assert record["heldout_distortion"] == pytest.approx(float(distortion), rel=1e-6)
-        assert record["I_points"] == 100 and record["I_log_n"] == pytest.approx(math.log(100))
-        assert record["I_lower"] <= record["I_upper"] and record["I_mc"] <= record["I_log_n"] + 1e-9
-        assert record["I_saturated"] == (record["I_loo"] - record["I_mc"] > SATURATION_GAP)
-        assert record["monitor_seconds"] > 0
+        assert {key: measured[key] for key in expected} == expected
+        assert measured["heldout_distortion"] == pytest.approx(float(distortion), rel=1e-6)
+        assert measured["I_points"] == 100 and measured["I_log_n"] == pytest.approx(math.log(100))
+        assert measured["I_lower"] <= measured["I_upper"] and measured["I_mc"] <= measured["I_log_n"] + 1e-9
+        assert measured["I_saturated"] == (measured["I_loo"] - measured["I_mc"] > SATURATION_GAP)
+        assert measured["monitor_seconds"] > 0
 
 
 def test_a_continued_monitored_run_logs_as_one_that_never_stopped(toy_x, tmp_path):
