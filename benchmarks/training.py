@@ -47,11 +47,12 @@ import torch
 from torch import nn
 
 from ipae import AutoEncoder, TrainConfig, reparameterise, train
+from ipae._files import write_atomic
 from ipae.data import gaussian_grid
 from ipae.experiments.parallel import map_runs
 from ipae.models import PRESETS
 from ipae.rates import Bhattacharyya, InformationPotential, Jensen, MonteCarlo, PairwiseKL, PriorKL, spec
-from ipae.results import markdown_table, write_atomic
+from ipae.reporting import markdown_table
 from ipae.train import keep_freed_memory, native_bf16
 
 REPOSITORY = Path(__file__).resolve().parents[1]

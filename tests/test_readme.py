@@ -38,8 +38,8 @@ def test_the_reproducing_doc_shows_the_generated_figure2_tables(name):
 
 
 def _machine() -> str:
-    """This machine as `ipae.results.provenance` names it: CPU, torch capability, native bf16, torch."""
-    from ipae.results import provenance
+    """This machine as `ipae.reporting.provenance` names it: CPU, torch capability, native bf16, torch."""
+    from ipae.reporting import provenance
 
     line = provenance()
     return line[line.index(" on ") + 4 :].rstrip(".")

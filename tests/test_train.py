@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from ipae._files import staged_directory, write_atomic
 from ipae.checkpoint import load_state, read_metadata, save_state
 from ipae.data import arrays
 from ipae.data.toy import gaussian_grid
 from ipae.models import AutoEncoder
 from ipae.rates import InformationPotential, MonteCarlo, PriorKL
-from ipae.results import staged_directory, write_atomic
 from ipae.train import TrainConfig, TrainingDiverged, native_bf16, resolve_precision, train
 
 CPU = torch.device("cpu")

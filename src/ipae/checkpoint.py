@@ -26,11 +26,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ipae._files import write_atomic, write_json
 from ipae._version import __version__
 from ipae.models import AutoEncoder
 from ipae.networks import architecture_from_dict
 from ipae.rates import RATES, Rate, create, spec
-from ipae.results import write_atomic, write_json
 
 __all__ = ["FORMAT", "TrainState", "save", "save_model", "load_model", "read_metadata", "save_state", "load_state", "has_state"]
 

@@ -300,11 +300,12 @@ def _mnist(args) -> int:
 
 
 def _fit(args, given: dict) -> int:
+    from ipae._files import json_lines, remove_stale
     from ipae.checkpoint import has_state
     from ipae.data.arrays import load_array
     from ipae.distributed import world_size
     from ipae.fitting import fit, from_options, merged_options, save_fit
-    from ipae.results import json_lines, remove_stale, tensorboard_writer
+    from ipae.reporting import tensorboard_writer
 
     if args.resume is not None and not args.resume.is_dir():
         raise FileNotFoundError(f"--resume {args.resume}: no such model directory")
@@ -433,7 +434,7 @@ def _training_device(name: str | None) -> torch.device:
 @contextmanager
 def _output_directory(args) -> Iterator[Path]:
     """Where a command writes: a staged --out on the main process; a throwaway directory on the others."""
-    from ipae.results import staged_directory
+    from ipae._files import staged_directory
 
     if is_main_process():
         with staged_directory(args.out, overwrite=args.overwrite) as stage:
@@ -444,11 +445,12 @@ def _output_directory(args) -> Iterator[Path]:
 
 
 def _reproduce(args) -> int:
+    from ipae._files import remove_stale, staged_directory
     from ipae.data.mnist import mnist_directory
     from ipae.experiments import conv_mnist, figure1, figure2, rate_distortion, rate_matched
     from ipae.experiments.parallel import on_cluster
     from ipae.experiments.runs import lock_sweep
-    from ipae.results import markdown_table, remove_stale, staged_directory
+    from ipae.reporting import markdown_table
 
     if launched():
         raise ValueError("ipae reproduce runs its grid in parallel itself (--jobs); start it without torchrun")
@@ -556,8 +558,8 @@ def _save_npy(array: np.ndarray, path: Path) -> None:
 @torch.no_grad()
 def _transform(args) -> int:
     """`encode` (the means, or sampled codes) and `decode` (the decoded means), into a .npy file."""
+    from ipae._files import write_atomic
     from ipae.information import reparameterise
-    from ipae.results import write_atomic
 
     model, array = _load(args, "data" if args.command == "encode" else "codes")
     if args.command == "decode":

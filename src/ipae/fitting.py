@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
+from ipae._files import write_atomic, write_json
 from ipae.checkpoint import read_metadata, save_model
 from ipae.data.arrays import value_range
 from ipae.models import DISTORTIONS, AutoEncoder
 from ipae.networks import ARCHITECTURES, MLP, Conv
 from ipae.rates import RATES, create
-from ipae.results import write_atomic, write_json
 from ipae.train import TrainConfig, TrainResult, train
 
 if sys.version_info >= (3, 11):

@@ -27,7 +27,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from ipae.diagnostics import SATURATION_GAP
-from ipae.results import save_png
+from ipae.reporting import save_png
 
 __all__ = ["RunLog", "read_runs", "read_log", "draw_runs", "plot_runs"]
 

@@ -29,12 +29,12 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, default_colla
 from tqdm.auto import tqdm
 
 import ipae.distributed as distributed
+from ipae._files import staged_directory
 from ipae.checkpoint import TrainState, load_state, load_weights, read_model_weights, save_model
 from ipae.data import arrays
 from ipae.data.arrays import RowReader
 from ipae.diagnostics import measure
 from ipae.models import AutoEncoder
-from ipae.results import staged_directory
 
 __all__ = [
     "TrainConfig",

@@ -17,8 +17,8 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
+from ipae._files import write_atomic
 from ipae._version import __version__
-from ipae.results import write_atomic
 
 __all__ = [
     "FILES",

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ipae.results import write_table
+from ipae.reporting import write_table
 
 __all__ = ["COLUMNS", "compare_sweeps", "training_time_ratio", "summary", "write_comparison", "main"]
 

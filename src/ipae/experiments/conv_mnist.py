@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ipae._files import json_lines, staged_directory, write_json
 from ipae.checkpoint import has_state, save_model
 from ipae.data.mnist import load_mnist
 from ipae.diagnostics import INFORMATION_POINTS, information
@@ -28,7 +29,7 @@ from ipae.experiments.parallel import map_runs
 from ipae.experiments.runs import Run, child_seeds
 from ipae.models import AutoEncoder
 from ipae.rates import InformationPotential, PriorKL
-from ipae.results import json_lines, staged_directory, write_json, write_table
+from ipae.reporting import write_table
 from ipae.train import TrainConfig, TrainingDiverged, train
 
 __all__ = ["conv_runs", "run_conv", "reproduce_conv_mnist", "COLUMNS"]

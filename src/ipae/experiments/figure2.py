@@ -11,12 +11,13 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from ipae._files import write_json
 from ipae.evaluation import holm, paired_comparison, within_class_fraction
 from ipae.experiments.mnist import draw_codes, first_successful_repeat, run_repeat, summarise_repeats, title
 from ipae.experiments.parallel import map_runs
 from ipae.experiments.runs import Run, claim_sweep
 from ipae.rates import InformationPotential, PriorKL
-from ipae.results import save_png, write_json, write_table
+from ipae.reporting import save_png, write_table
 from ipae.train import TrainConfig
 
 __all__ = ["VAE_BETAS", "IPAE_BETAS", "IPAE_PAIRS", "COLUMNS", "figure2_runs", "reproduce_figure2", "summary", "paired_against", "best_vae"]

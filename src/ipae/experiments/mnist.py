@@ -12,13 +12,14 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from ipae._files import write_atomic, write_json
 from ipae.data.mnist import PAPER_DIGITS, PAPER_N_TRAIN, MnistSplits, load_mnist, subset_index
 from ipae.diagnostics import INFORMATION_POINTS, diagnose
 from ipae.evaluation import principal_components, within_class_fraction
 from ipae.experiments.parallel import map_runs
 from ipae.experiments.runs import Run, child_seeds, run_provenance, train_logged
 from ipae.models import AutoEncoder
-from ipae.results import save_png, write_atomic, write_json
+from ipae.reporting import save_png
 
 __all__ = [
     "MNIST_TRAINING",

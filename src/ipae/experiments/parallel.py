@@ -23,7 +23,7 @@ from typing import TypeVar
 import torch
 from tqdm.auto import tqdm
 
-from ipae.results import write_atomic
+from ipae._files import write_atomic
 from ipae.train import keep_freed_memory
 
 __all__ = ["map_runs", "on_cluster"]

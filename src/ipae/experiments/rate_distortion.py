@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
+from ipae._files import write_json
 from ipae.checkpoint import load_model
 from ipae.data.toy import gaussian_grid
 from ipae.experiments.parallel import map_runs
@@ -17,7 +18,7 @@ from ipae.experiments.toy import run_toy
 from ipae.information import reparameterise
 from ipae.mixture import estimates
 from ipae.rates import InformationPotential, MonteCarlo, PairwiseKL, PriorKL, Rate
-from ipae.results import save_png, write_json, write_table
+from ipae.reporting import save_png, write_table
 from ipae.train import TrainConfig
 
 __all__ = ["GRID", "rate_distortion_runs", "reproduce_rate_distortion"]

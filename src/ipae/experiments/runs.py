@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ipae._files import json_lines, remove_stale, write_json
 from ipae._version import __version__
 from ipae.rates import InformationPotential, Rate, spec
-from ipae.results import cpu_name, json_lines, remove_stale, revision, write_json
+from ipae.reporting import cpu_name, revision
 from ipae.train import TrainConfig, TrainingDiverged, TrainResult, train
 
 __all__ = ["Run", "child_seeds", "train_logged", "claim_sweep", "lock_sweep", "SweepBusy", "run_provenance"]

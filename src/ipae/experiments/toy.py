@@ -9,6 +9,7 @@ from typing import NamedTuple
 import torch
 from matplotlib.figure import Figure
 
+from ipae._files import write_json
 from ipae.checkpoint import save_model
 from ipae.data.toy import gaussian_grid
 from ipae.diagnostics import diagnose
@@ -16,7 +17,7 @@ from ipae.evaluation import centre_distance
 from ipae.experiments.runs import Run, child_seeds, run_provenance, train_logged
 from ipae.information import reparameterise
 from ipae.models import AutoEncoder
-from ipae.results import save_png, write_json
+from ipae.reporting import save_png
 from ipae.train import resolve_device
 
 __all__ = ["ToyOutcome", "run_toy", "draw_reconstruction"]
