@@ -32,7 +32,7 @@ from ipae.models import AutoEncoder
 from ipae.networks import architecture_from_dict
 from ipae.rates import RATES, Rate, create, spec
 
-__all__ = ["FORMAT", "TrainState", "save", "save_model", "load_model", "read_metadata", "save_state", "load_state", "has_state"]
+__all__: list[str] = []  # users reach its public names through the package: ipae.save, ipae.TrainState
 
 # Version 2: any encoder and decoder, the rate with its options. Version 1 (the paper's MLPs only,
 # weights named body/heads) is not read.

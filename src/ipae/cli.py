@@ -26,7 +26,8 @@ from ipae.layers import ACTIVATIONS
 from ipae.models import DISTORTIONS
 from ipae.networks import ARCHITECTURES
 from ipae.rates import RATES
-from ipae.train import PRECISIONS, CompileFailed, TrainConfig, TrainingDiverged, keep_freed_memory, resolve_device
+from ipae.runtime import PRECISIONS, keep_freed_memory, resolve_device
+from ipae.training import CompileFailed, TrainConfig, TrainingDiverged
 
 EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
 THREADS_HELP = (
@@ -575,25 +576,25 @@ def _transform(args) -> int:
 
 @torch.no_grad()
 def _info(args) -> int:
-    from ipae.diagnostics import SATURATION_GAP
-    from ipae.mixture import DRAWING, REPORTED, estimates
+    from ipae.diagnostics import ESTIMATE_KEYS, SATURATION_GAP, information
+    from ipae.mixture import DRAWING, REPORTED
 
     model, x = _load(args, "data")
     mu, logvar = model.double().encode(x.double())
-    found = estimates(mu, logvar, generator=torch.Generator().manual_seed(args.seed), n_samples=args.samples)
+    found = information(mu, logvar, generator=torch.Generator().manual_seed(args.seed), n_samples=args.samples)
     print(f"I(x; z) in nats of {args.model_dir} on {mu.shape[0]} points of {args.data} (codes of dimension {mu.shape[1]}):")
     for method, label in REPORTED.items():
-        print(f"  {label + (f' ({args.samples} draws per point)' if method in DRAWING else ''):<64}{found[method]:.4f}")
-    print(f"  log N, the most a mixture of N components can carry: {math.log(mu.shape[0]):.4f}")
-    if found["loo"] - found["mc"] > SATURATION_GAP:
+        print(f"  {label + (f' ({args.samples} draws per point)' if method in DRAWING else ''):<64}{found[ESTIMATE_KEYS[method]]:.4f}")
+    print(f"  log N, the most a mixture of N components can carry: {found['I_log_n']:.4f}")
+    if found["I_saturated"]:
         print(
-            f"  saturated: the two Monte Carlo estimates differ by more than {SATURATION_GAP} nats; I(x; z) is at least {found['mc']:.4f}"
+            f"  saturated: the two Monte Carlo estimates differ by more than {SATURATION_GAP} nats; I(x; z) is at least {found['I_mc']:.4f}"
         )
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command; the process is ours, so glibc keeps freed memory for speed (`ipae.train.keep_freed_memory`)."""
+    """The command; the process is ours, so glibc keeps freed memory for speed (`ipae.runtime.keep_freed_memory`)."""
     try:
         args = _build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
         keep_freed_memory()

@@ -9,22 +9,26 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch import Tensor
 
 from ipae._files import write_atomic, write_json
+from ipae._validation import check_positive_int
 from ipae.checkpoint import read_metadata, save_model
 from ipae.data.arrays import value_range
+from ipae.data.sources import TrainData
 from ipae.models import DISTORTIONS, AutoEncoder
 from ipae.networks import ARCHITECTURES, MLP, Conv
 from ipae.rates import RATES, create
-from ipae.train import TrainConfig, TrainResult, train
+from ipae.training import TrainConfig, TrainResult, train
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["ModelSpec", "build_model", "fit", "OPTIONS", "from_options", "read_options", "options_toml", "merged_options", "save_fit"]
+__all__: list[str] = []  # internal
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,7 @@ class ModelSpec:
         object.__setattr__(self, "hidden", tuple(self.hidden))
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"unknown arch {self.arch!r}; choose from {', '.join(ARCHITECTURES)}")
-        if isinstance(self.n_components, bool) or not isinstance(self.n_components, int) or self.n_components < 1:
-            raise ValueError(f"n_components must be an integer >= 1, got {self.n_components!r}")
+        check_positive_int("n_components", self.n_components)
         if self.distortion not in DISTORTIONS:
             raise ValueError(f"unknown distortion {self.distortion!r}; choose from {', '.join(DISTORTIONS)}")
         if self.rate not in RATES:
@@ -73,7 +76,7 @@ def build_model(spec: ModelSpec, sample_shape: tuple[int, ...], *, seed: int = 0
 
 
 def fit(
-    data,
+    data: TrainData,
     spec: ModelSpec,
     config: TrainConfig,
     *,
@@ -82,7 +85,7 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     metadata: dict | None = None,
     on_log: Callable[[dict], None] | None = None,
-    monitor=None,
+    monitor: Tensor | np.ndarray | None = None,
 ) -> tuple[AutoEncoder, TrainResult]:
     """Build the model of `spec` (weights from `seed`) and train it on `data` (N, ...), an array, a
     tensor or a `RowReader` of a file (what `load_array(..., mmap=True)` gives for a large .npy: read

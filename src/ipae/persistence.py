@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from ipae.checkpoint import load_model, read_metadata
+from ipae.models import AutoEncoder
 from ipae.rates import Rate
 
-__all__ = ["load"]
+if TYPE_CHECKING:  # scikit-learn takes a second to import: only when an estimator is loaded
+    from ipae.estimators import IPAE, BetaVAE
+
+__all__: list[str] = []  # users reach its public names through the package: ipae.load
 
 
-def load(directory: str | Path, *, encoder: nn.Module | None = None, decoder: nn.Module | None = None, rate: Rate | None = None):
+def load(
+    directory: str | Path, *, encoder: nn.Module | None = None, decoder: nn.Module | None = None, rate: Rate | None = None
+) -> AutoEncoder | IPAE | BetaVAE:
     """What was saved in `directory`: the fitted estimator (`IPAE`, `BetaVAE`) written by its `save`,
     else the `AutoEncoder` written by `ipae.save` (into `encoder` and `decoder` for networks of your own,
     with `rate` for a rate of your own, each built as when the model was saved).

@@ -53,6 +53,8 @@ def provenance(rows: Sequence[dict] = ()) -> str:
     precision(s) of `rows`."""
     import torch  # here, so that importing this module stays light
 
+    from ipae.runtime import native_bf16
+
     argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
     package = Path(__file__).resolve().parent
     if argv0.name == "ipae":
@@ -62,8 +64,7 @@ def provenance(rows: Sequence[dict] = ()) -> str:
         command = shlex.join(["python", "-m", module, *sys.argv[1:]])
     else:
         command = shlex.join(["python", str(argv0), *sys.argv[1:]])
-    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
-    native = any(check is not None and check() for check in checks)
+    native = native_bf16(torch.device("cpu"))
     cpu = f"{cpu_name()} (torch capability {torch.backends.cpu.get_cpu_capability()}, native bf16: {'yes' if native else 'no'})"
     precisions = sorted({str(row["precision"]) for row in rows if row.get("precision") is not None})
     precision = f", precision {', '.join(precisions)}" if precisions else ""

@@ -15,9 +15,9 @@ from ipae.experiments.runs import Run
 from ipae.experiments.toy import ToyOutcome, draw_reconstruction, run_toy
 from ipae.rates import InformationPotential, PriorKL
 from ipae.reporting import save_png, write_table
-from ipae.train import TrainConfig
+from ipae.training import TrainConfig
 
-__all__ = ["VAE_BETAS", "IPAE_BETAS", "figure1_runs", "reproduce_figure1", "summary"]
+__all__ = ["reproduce_figure1"]
 
 # The VAE grid spans 0.01..3 so that its best E (near beta = 1) lies inside it; the IPAE grid is
 # centred on its best E (near beta = 0.01 with N_j = 1).

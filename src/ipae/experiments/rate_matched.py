@@ -32,9 +32,9 @@ from ipae.experiments.runs import Run, child_seeds, claim_sweep
 from ipae.experiments.toy import run_toy
 from ipae.rates import InformationPotential, PairwiseKL, PriorKL, Rate
 from ipae.reporting import markdown_table, save_png, write_table
-from ipae.train import TrainConfig
+from ipae.training import TrainConfig
 
-__all__ = ["DATASETS", "MODELS", "PILOT_GRIDS", "GRIDS", "METRICS", "PRIMARY", "reproduce_rate_matched", "matched_comparison", "report"]
+__all__ = ["reproduce_rate_matched"]
 
 DATASETS = ("toy", "mnist134", "mnist10")
 REFERENCE = "vae"

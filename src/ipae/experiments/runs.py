@@ -14,9 +14,9 @@ from ipae._files import json_lines, remove_stale, write_json
 from ipae._version import __version__
 from ipae.rates import InformationPotential, Rate, spec
 from ipae.reporting import cpu_name, revision
-from ipae.train import TrainConfig, TrainingDiverged, TrainResult, train
+from ipae.training import TrainConfig, TrainingDiverged, TrainResult, train
 
-__all__ = ["Run", "child_seeds", "train_logged", "claim_sweep", "lock_sweep", "SweepBusy", "run_provenance"]
+__all__: list[str] = []  # internal
 
 # The modules whose code trains a run or measures it. Records whose fingerprints of these differ may not
 # measure the same thing, so a study's summary refuses to mix them (`ipae.experiments.rate_matched`).

@@ -18,9 +18,9 @@ from ipae.experiments.runs import Run, child_seeds, run_provenance, train_logged
 from ipae.information import reparameterise
 from ipae.models import AutoEncoder
 from ipae.reporting import save_png
-from ipae.train import resolve_device
+from ipae.runtime import resolve_device
 
-__all__ = ["ToyOutcome", "run_toy", "draw_reconstruction"]
+__all__: list[str] = []  # internal
 
 
 class ToyOutcome(NamedTuple):
@@ -42,7 +42,7 @@ def run_toy(
     distortion, log-variance, and k-means NMI/ARI against the 25 components).
     `device`: where to train (None: CUDA when present, else the CPU). `monitor`: the training log also
     holds I(x; z) and the distortion of those 5000 held-out points every `run.training.monitor_every`
-    steps (`ipae.train.train`'s monitor); the weights are the same either way.
+    steps (`ipae.train`'s monitor); the weights are the same either way.
     """
     device = resolve_device(device)
     out.mkdir(exist_ok=True)
