@@ -256,3 +256,13 @@ def test_the_package_says_it_is_typed():
     assert (SRC / "ipae" / "py.typed").is_file()
     setuptools = tomllib.loads((SRC.parent / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert "py.typed" in setuptools["package-data"]["ipae"]
+
+
+def test_the_code_fingerprint_covers_the_modules_that_train_and_measure(graph):
+    """A run record's "code" hashes CODE_FILES: each must exist, and the training loop's own modules are among them."""
+    from ipae.experiments.runs import CODE_FILES
+
+    package = SRC / "ipae"
+    assert all((package / name).is_file() for name in CODE_FILES)
+    hashed = {"ipae." + name.removesuffix(".py").replace("/", ".") for name in CODE_FILES}
+    assert {"ipae.training", "ipae.runtime", "ipae.data.sources", "ipae.diagnostics", "ipae.models", "ipae.rates"} <= hashed

@@ -168,7 +168,7 @@ def train(
     of which the state records); the call is checked whole before the model changes.
     Monitoring: with `monitor`, held-out points (M, ...) as a tensor or array, every `config.monitor_every`
     steps and at the end the log record also holds I(x; z) of their codes (`ipae.diagnostics.information`:
-    I_mc, I_loo, I_lower, I_upper, I_points, I_log_n, I_saturated), `heldout_distortion` (one sampled code
+    I_mc, I_loo, I_lower, I_upper, I_jensen, I_points, I_log_n, I_saturated), `heldout_distortion` (one sampled code
     each) and `monitor_seconds` (what the measurement took). The codes are encoded in eval mode without
     gradients, and the draws come from a generator of their own, seeded from `config.seed` and the step:
     the weights are those of a run without `monitor`, and a continued run measures as one that never stopped.

@@ -21,9 +21,9 @@ __all__: list[str] = []  # internal
 # The modules whose code trains a run or measures it. Records whose fingerprints of these differ may not
 # measure the same thing, so a study's summary refuses to mix them (`ipae.experiments.rate_matched`).
 CODE_FILES = (
-    "information.py", "mixture.py", "rates.py", "layers.py", "networks.py", "models.py", "train.py", "diagnostics.py",
-    "evaluation.py", "data/mnist.py", "data/toy.py", "data/arrays.py", "experiments/mnist.py", "experiments/toy.py",
-    "experiments/runs.py",
+    "information.py", "mixture.py", "rates.py", "layers.py", "networks.py", "models.py", "training.py", "runtime.py",
+    "diagnostics.py", "evaluation.py", "data/mnist.py", "data/toy.py", "data/arrays.py", "data/sources.py",
+    "experiments/mnist.py", "experiments/toy.py", "experiments/runs.py",
 )  # fmt: skip
 
 
