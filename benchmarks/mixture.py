@@ -36,8 +36,9 @@ from pathlib import Path
 import torch
 
 import ipae.mixture
+from ipae._files import write_atomic
 from ipae.mixture import _tile_rows, mutual_information
-from ipae.results import cpu_name, markdown_table, provenance, write_atomic
+from ipae.reporting import cpu_name, markdown_table, provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "estimators_benchmark.md"

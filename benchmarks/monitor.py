@@ -29,8 +29,9 @@ import torch
 
 from ipae.data.mnist import PAPER_DIGITS, PAPER_N_TRAIN, load_mnist
 from ipae.models import AutoEncoder
-from ipae.results import cpu_name
-from ipae.train import TrainConfig, keep_freed_memory, train
+from ipae.reporting import cpu_name
+from ipae.runtime import keep_freed_memory
+from ipae.training import TrainConfig, train
 
 BUDGET = 0.05  # the monitor may add at most 5 % to the MNIST preset's training time at the defaults
 PAPER_STEPS = 5000

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ipae.results import cpu_name, revision, write_atomic
+from ipae._files import write_atomic
+from ipae.reporting import cpu_name, revision
 
 ROOT = Path(__file__).resolve().parents[1]
 # the files written for the reliability report; those that do not exist yet are left out

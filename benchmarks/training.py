@@ -19,7 +19,7 @@ on-disk cache empty and full); the step's matmuls at this machine's matmul rate;
 alone (as a fraction of an MNIST step); the all-pairs rate at a batch whose (B, B, D) tensor could not
 exist; encoding throughput; and independent runs side by side as a sweep runs them.
 
-Training in bf16 is timed only where the CPU computes bfloat16 natively (`ipae.train.native_bf16`):
+Training in bf16 is timed only where the CPU computes bfloat16 natively (`ipae.runtime.native_bf16`):
 elsewhere its matmuls are emulated, several times slower than fp32, and no one should train that way.
 """
 
@@ -47,12 +47,13 @@ import torch
 from torch import nn
 
 from ipae import AutoEncoder, TrainConfig, reparameterise, train
+from ipae._files import write_atomic
 from ipae.data import gaussian_grid
 from ipae.experiments.parallel import map_runs
 from ipae.models import PRESETS
 from ipae.rates import Bhattacharyya, InformationPotential, Jensen, MonteCarlo, PairwiseKL, PriorKL, spec
-from ipae.results import markdown_table, write_atomic
-from ipae.train import keep_freed_memory, native_bf16
+from ipae.reporting import markdown_table
+from ipae.runtime import keep_freed_memory, native_bf16
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 TIMED_PRESETS = {"toy": "Toy model", "mnist": "MNIST model"}  # the paper's two MLPs
@@ -69,7 +70,7 @@ BF16_SKIPPED = (
     if NATIVE_BF16
     else (
         f"bf16 training is not timed: this CPU (torch capability {CAPABILITY}) has no AVX512-BF16 or AMX, so "
-        "`ipae.train.native_bf16` is False and bf16 matmuls are emulated, several times slower than fp32.\n\n"
+        "`ipae.runtime.native_bf16` is False and bf16 matmuls are emulated, several times slower than fp32.\n\n"
     )
 )
 
@@ -96,7 +97,10 @@ data = torch.load(job["data"])
 if hasattr(ipae, "TrainConfig"):
     # train leaves the allocator alone; the ipae command and the experiment workers opt in first
     from ipae.rates import InformationPotential
-    from ipae.train import keep_freed_memory
+    try:
+        from ipae.runtime import keep_freed_memory
+    except ImportError:  # before issue 21 it lived in ipae.train
+        from ipae.train import keep_freed_memory
     keep_freed_memory()
     model = AutoEncoder.from_preset(job["preset"], seed=job["seed"], rate=InformationPotential(n_partners=1))
     def run(steps):
@@ -190,7 +194,7 @@ def baseline_comparison(revision: str, steps: int, repeats: int) -> tuple[list[d
         f"in the order baseline, current, baseline, current, ... ({repeats} of each per row). Both sides do the same: "
         f"`AutoEncoder.from_preset(model, seed=0)` with the IPAE rate and N_j = 1, batch {BATCH_SIZE}, seed 0, the same "
         f"data tensor; {WARMUP_STEPS} warm-up steps, then {steps} timed steps (ms/step = `TrainResult.seconds` / steps). "
-        "The current side calls `ipae.train.keep_freed_memory()` first, as the `ipae` command and the experiment "
+        "The current side calls `ipae.runtime.keep_freed_memory()` first, as the `ipae` command and the experiment "
         "workers do (its `train` never changes the allocator); the baseline's `train` makes the same glibc "
         "`mallopt` calls itself.\n"
         f"Baseline ran: {apis['baseline']}. Current ran: {apis['current']}.\n\n"
@@ -540,7 +544,7 @@ def main() -> None:
         keep_freed_memory()
         loop_note = (
             "`plain eager` is the same model written the usual way (nn.Sequential, torch.optim.Adam). This process "
-            "called `ipae.train.keep_freed_memory()` first, as the `ipae` command does, so its rows run with glibc "
+            "called `ipae.runtime.keep_freed_memory()` first, as the `ipae` command does, so its rows run with glibc "
             "keeping freed blocks; the `fresh process (glibc defaults)` rows run in a new interpreter that does not: "
             "the `ipae fp32` one is what calling `ipae.train` from a script gives without that opt-in.\n\n"
         ) + BF16_SKIPPED

@@ -20,7 +20,7 @@ from ipae.checkpoint import FORMAT, has_state, load_model, load_model_weights, l
 from ipae.models import AutoEncoder, ModelSpec
 from ipae.networks import MLP
 from ipae.rates import Bhattacharyya, InformationPotential, Jensen, MonteCarlo, PairwiseKL, PriorKL
-from ipae.train import TrainConfig, train
+from ipae.training import TrainConfig, train
 
 SMALL = MLP((3,), hidden=(8, 8), n_latent=2)
 

@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 
 from ipae.data.toy import gaussian_grid
 from ipae.models import AutoEncoder
-from ipae.train import TrainConfig, train
+from ipae.training import TrainConfig, train
 
 noise = torch.Generator().manual_seed(0)
 runs = {

@@ -18,7 +18,7 @@ from ipae.cli import main
 from ipae.estimators import IPAE, FitDiverged
 from ipae.models import LOGVAR_LIMIT, AutoEncoder
 from ipae.rates import create
-from ipae.train import TrainConfig, TrainingDiverged, train
+from ipae.training import TrainConfig, TrainingDiverged, train
 from reliability import record
 
 STEPS = 10

@@ -23,7 +23,7 @@ from ipae.estimators import IPAE, BetaVAE, FitDiverged
 from ipae.models import AutoEncoder
 from ipae.networks import MLP
 from ipae.rates import InformationPotential, PriorKL
-from ipae.train import TrainConfig, TrainingDiverged, train
+from ipae.training import TrainConfig, TrainingDiverged, train
 
 SMALL = {"n_components": 2, "hidden": (16,), "steps": 20, "batch_size": 32, "random_state": 0}
 QUICK = {"n_components": 2, "hidden": (32,), "steps": 30, "batch_size": 32, "lr": 3e-3, "device": "cpu"}  # fits in a blink

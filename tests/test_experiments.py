@@ -22,7 +22,7 @@ from ipae.experiments.toy import run_toy
 from ipae.models import ModelSpec
 from ipae.networks import MLP
 from ipae.rates import InformationPotential, MonteCarlo, PairwiseKL, PriorKL, create
-from ipae.train import TrainConfig
+from ipae.training import TrainConfig
 from mnist_files import REAL_MNIST, needs_mnist
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -19,7 +19,8 @@ from ipae.data import arrays
 from ipae.data.arrays import RowReader, load_array
 from ipae.models import ModelSpec
 from ipae.networks import MLP, Conv
-from ipae.train import TrainConfig, native_bf16
+from ipae.runtime import native_bf16
+from ipae.training import TrainConfig
 from reliability import record
 
 SMALL = ["--hidden", "16", "--n-components", "2", "--batch-size", "32"]

@@ -54,7 +54,7 @@ from ipae.fitting import OPTIONS, build_model, from_options, merged_options, rea
 from ipae.models import AutoEncoder
 from ipae.networks import MLP
 from ipae.rates import InformationPotential
-from ipae.train import TrainConfig, train
+from ipae.training import TrainConfig, train
 from reliability import record
 
 if sys.version_info >= (3, 11):

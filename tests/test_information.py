@@ -439,9 +439,9 @@ def _z(*shape: int, dtype: torch.dtype = F64) -> torch.Tensor:
         (lambda: information_potential(_z(3, 2), _z(3, 2), _z(3, 2), _z(3, dtype=torch.int64)), "partners must have shape"),
         (lambda: information_potential(_z(3, 2), _z(3, 2), _z(3, 2), _z(3, 1)), "integer"),
         (lambda: information_potential(_z(3, 2), _z(3, 2), _z(3, 2), _z(3, 1, dtype=torch.float32)), "integer"),
-        (lambda: draw_partners(0, 1, torch.Generator()), r"must be >= 1"),
-        (lambda: draw_partners(3, 0, torch.Generator()), r"must be >= 1"),
-        (lambda: draw_partners(-2, 3, torch.Generator()), r"must be >= 1"),
+        (lambda: draw_partners(0, 1, torch.Generator()), r"must be an integer >= 1"),
+        (lambda: draw_partners(3, 0, torch.Generator()), r"must be an integer >= 1"),
+        (lambda: draw_partners(-2, 3, torch.Generator()), r"must be an integer >= 1"),
     ],
 )
 def test_bad_arguments_are_refused(call, message):

@@ -325,7 +325,7 @@ def test_n_train_draws_without_replacement_in_original_order(fake_mnist):
         ({"digits": (1, 1)}, "repeat"),
         ({"digits": ()}, "at least one"),
         ({"digits": (1.5,)}, "0..9"),
-        ({"n_train": 0}, "positive"),
+        ({"n_train": 0}, "n_train must be an integer >= 1 or None"),
         ({"n_train": 14}, "only 13"),
         ({"digits": (1, 3), "n_train": 6}, r"only 5 training images of digits \(1, 3\)"),
     ],

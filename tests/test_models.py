@@ -738,7 +738,7 @@ def test_under_bf16_autocast_the_layers_run_in_bf16_and_the_rate_and_reductions_
 
 # --- what the model module depends on ----------------------------------------------------------------------------
 
-FORBIDDEN = {"ipae.train", "ipae.checkpoint", "ipae.distributed"}
+FORBIDDEN = {"ipae.training", "ipae.checkpoint", "ipae.distributed"}
 
 
 def test_the_model_module_imports_nothing_of_training_checkpoints_or_distribution():

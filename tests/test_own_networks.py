@@ -20,7 +20,7 @@ from ipae.checkpoint import load_state
 from ipae.data.mnist import FILES, load_mnist
 from ipae.models import AutoEncoder
 from ipae.rates import InformationPotential
-from ipae.train import TrainConfig, train
+from ipae.training import TrainConfig, train
 
 MNIST = Path(__file__).parents[1].parent / "shared" / "data" / "mnist"
 N_LATENT = 8
@@ -87,7 +87,7 @@ import os, signal, sys
 import torch
 sys.path.insert(0, {tests!r})
 from test_own_networks import CONFIG, KILL_AT, build_model, loader, mnist_subset
-from ipae.train import train
+from ipae.training import train
 
 torch.set_num_threads(1)  # as the test process: the same arithmetic, bit for bit
 

@@ -20,7 +20,7 @@ import pytest
 from ipae.cli import main
 from ipae.experiments.parallel import map_runs, on_cluster
 from ipae.experiments.rate_matched import reproduce_rate_matched
-from ipae.train import TrainConfig
+from ipae.training import TrainConfig
 from reliability import record
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
@@ -37,7 +37,7 @@ def test_map_runs_returns_the_results_in_order_with_and_without_workers():
 
 
 def test_map_runs_refuses_no_jobs():
-    with pytest.raises(ValueError, match="jobs must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="jobs must be an integer >= 1, got 0"):
         map_runs(abs, [1], jobs=0)
 
 

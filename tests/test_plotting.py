@@ -13,7 +13,7 @@ from ipae.cli import main
 from ipae.plotting import plot_runs, read_log, read_runs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-DPI = 120  # ipae.results.save_png's
+DPI = 120  # ipae.reporting.save_png's
 
 
 def png_size(path) -> tuple[int, int]:

@@ -13,7 +13,7 @@ from ipae.evaluation import holm
 from ipae.experiments import toy
 from ipae.experiments.mnist import held_out, information_points
 from ipae.experiments.rate_matched import check_provenance, matched_comparison, matched_runs, reproduce_rate_matched
-from ipae.train import TrainConfig
+from ipae.training import TrainConfig
 from mnist_files import REAL_MNIST, needs_mnist
 
 OFFSETS = {"vae": 0.0, "ip1": -1.0, "ip8": 0.5, "pairwise-kl": 0.0}

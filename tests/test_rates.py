@@ -16,7 +16,7 @@ import ipae
 from ipae.information import draw_partners, reparameterise
 from ipae.models import AutoEncoder
 from ipae.rates import RATES, Bhattacharyya, InformationPotential, Jensen, MonteCarlo, PairwiseKL, PriorKL, Rate, create, spec
-from ipae.train import TrainConfig, train
+from ipae.training import TrainConfig, train
 from references import bhattacharyya, kl
 
 F64 = torch.float64

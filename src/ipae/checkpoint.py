@@ -29,12 +29,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ipae._files import write_atomic, write_json
 from ipae._version import __version__
 from ipae.models import AutoEncoder, Mismatch, ModelSpec
 from ipae.rates import Rate
-from ipae.results import write_atomic, write_json
 
-__all__ = ["FORMAT", "TrainState", "save_model", "load_model", "read_metadata", "save_state", "load_state", "has_state"]
+__all__: list[str] = []  # users reach its public names through the package: ipae.save, ipae.TrainState
 
 # Version 2: any encoder and decoder, the rate with its options. Version 1 (the paper's MLPs only,
 # weights named body/heads) is not read.

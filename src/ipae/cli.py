@@ -26,7 +26,8 @@ from ipae.layers import ACTIVATIONS
 from ipae.models import DISTORTIONS
 from ipae.networks import ARCHITECTURES
 from ipae.rates import RATES
-from ipae.train import PRECISIONS, CompileFailed, TrainConfig, TrainingDiverged, keep_freed_memory, resolve_device
+from ipae.runtime import PRECISIONS, keep_freed_memory, resolve_device
+from ipae.training import CompileFailed, TrainConfig, TrainingDiverged
 
 EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
 THREADS_HELP = (
@@ -300,11 +301,12 @@ def _mnist(args) -> int:
 
 
 def _fit(args, given: dict) -> int:
+    from ipae._files import json_lines, remove_stale
     from ipae.checkpoint import has_state
     from ipae.data.arrays import load_array
     from ipae.distributed import world_size
     from ipae.fitting import fit, from_options, merged_options, save_fit
-    from ipae.results import json_lines, remove_stale, tensorboard_writer
+    from ipae.reporting import tensorboard_writer
 
     if args.resume is not None and not args.resume.is_dir():
         raise FileNotFoundError(f"--resume {args.resume}: no such model directory")
@@ -433,7 +435,7 @@ def _training_device(name: str | None) -> torch.device:
 @contextmanager
 def _output_directory(args) -> Iterator[Path]:
     """Where a command writes: a staged --out on the main process; a throwaway directory on the others."""
-    from ipae.results import staged_directory
+    from ipae._files import staged_directory
 
     if is_main_process():
         with staged_directory(args.out, overwrite=args.overwrite) as stage:
@@ -444,11 +446,12 @@ def _output_directory(args) -> Iterator[Path]:
 
 
 def _reproduce(args) -> int:
+    from ipae._files import remove_stale, staged_directory
     from ipae.data.mnist import mnist_directory
     from ipae.experiments import conv_mnist, figure1, figure2, rate_distortion, rate_matched
     from ipae.experiments.parallel import on_cluster
     from ipae.experiments.runs import lock_sweep
-    from ipae.results import markdown_table, remove_stale, staged_directory
+    from ipae.reporting import markdown_table
 
     if launched():
         raise ValueError("ipae reproduce runs its grid in parallel itself (--jobs); start it without torchrun")
@@ -556,8 +559,8 @@ def _save_npy(array: np.ndarray, path: Path) -> None:
 @torch.no_grad()
 def _transform(args) -> int:
     """`encode` (the means, or sampled codes) and `decode` (the decoded means), into a .npy file."""
+    from ipae._files import write_atomic
     from ipae.information import reparameterise
-    from ipae.results import write_atomic
 
     model, array = _load(args, "data" if args.command == "encode" else "codes")
     if args.command == "decode":
@@ -573,25 +576,25 @@ def _transform(args) -> int:
 
 @torch.no_grad()
 def _info(args) -> int:
-    from ipae.diagnostics import SATURATION_GAP
-    from ipae.mixture import DRAWING, REPORTED, estimates
+    from ipae.diagnostics import ESTIMATE_KEYS, SATURATION_GAP, information
+    from ipae.mixture import DRAWING, REPORTED
 
     model, x = _load(args, "data")
     mu, logvar = model.double().encode(x.double())
-    found = estimates(mu, logvar, generator=torch.Generator().manual_seed(args.seed), n_samples=args.samples)
+    found = information(mu, logvar, generator=torch.Generator().manual_seed(args.seed), n_samples=args.samples)
     print(f"I(x; z) in nats of {args.model_dir} on {mu.shape[0]} points of {args.data} (codes of dimension {mu.shape[1]}):")
     for method, label in REPORTED.items():
-        print(f"  {label + (f' ({args.samples} draws per point)' if method in DRAWING else ''):<64}{found[method]:.4f}")
-    print(f"  log N, the most a mixture of N components can carry: {math.log(mu.shape[0]):.4f}")
-    if found["loo"] - found["mc"] > SATURATION_GAP:
+        print(f"  {label + (f' ({args.samples} draws per point)' if method in DRAWING else ''):<64}{found[ESTIMATE_KEYS[method]]:.4f}")
+    print(f"  log N, the most a mixture of N components can carry: {found['I_log_n']:.4f}")
+    if found["I_saturated"]:
         print(
-            f"  saturated: the two Monte Carlo estimates differ by more than {SATURATION_GAP} nats; I(x; z) is at least {found['mc']:.4f}"
+            f"  saturated: the two Monte Carlo estimates differ by more than {SATURATION_GAP} nats; I(x; z) is at least {found['I_mc']:.4f}"
         )
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command; the process is ours, so glibc keeps freed memory for speed (`ipae.train.keep_freed_memory`)."""
+    """The command; the process is ours, so glibc keeps freed memory for speed (`ipae.runtime.keep_freed_memory`)."""
     try:
         args = _build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
         keep_freed_memory()

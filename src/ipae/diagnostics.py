@@ -27,19 +27,7 @@ from ipae.evaluation import linear_svm_error
 from ipae.information import reparameterise
 from ipae.mixture import estimates
 
-__all__ = [
-    "INFORMATION_POINTS",
-    "MC_SAMPLES",
-    "SATURATION_GAP",
-    "AT_BOUND",
-    "INFORMATION_KEYS",
-    "encode",
-    "information",
-    "sampled_distortion",
-    "measure",
-    "clusters",
-    "diagnose",
-]
+__all__ = ["information", "diagnose"]
 
 INFORMATION_POINTS = 5000  # codes whose mixture I(x; z) is measured: at most log 5000 = 8.52 nats
 MC_SAMPLES = 16  # Monte Carlo draws per point
@@ -50,30 +38,45 @@ MC_SAMPLES = 16  # Monte Carlo draws per point
 # nats low at 7 nats, by an amount that depends on the shape.
 SATURATION_GAP = 0.5
 AT_BOUND = 0.99  # |logvar| >= AT_BOUND * logvar_limit counts as at the bound (tanh never reaches it)
-INFORMATION_KEYS = ("I_mc", "I_loo", "I_lower", "I_upper", "I_points", "I_log_n", "I_saturated")  # what `information` returns
-ENCODE_CHUNK = 1024  # rows encoded at once, to bound memory (the last chunk is smaller: not bit-invariant to N)
+# The one name of each measured I(x; z) number, from the method of `ipae.mixture` that computes it:
+# records, tables, logs and the command all use these keys.
+ESTIMATE_KEYS = {"mc": "I_mc", "loo": "I_loo", "bhattacharyya": "I_lower", "pairwise-kl": "I_upper", "jensen": "I_jensen"}
+INFORMATION_KEYS = (*ESTIMATE_KEYS.values(), "I_points", "I_log_n", "I_saturated")  # what `information` returns
+ENCODE_CHUNK = 1024  # rows encoded at once, to bound memory
 
 
 @torch.no_grad()
-def encode(model, x: Tensor) -> tuple[Tensor, Tensor]:
-    """mu, logvar (N, D) in float64 of the rows of x (N, ...), encoded in fixed-size chunks, in eval mode."""
-    parameter = next(model.parameters())
-    parts = [model.encode(x[i : i + ENCODE_CHUNK].to(parameter.device, parameter.dtype)) for i in range(0, len(x), ENCODE_CHUNK)]
-    return torch.cat([mu for mu, _ in parts]).double().cpu(), torch.cat([logvar for _, logvar in parts]).double().cpu()
+def in_chunks(function, x, *, like: Tensor, size: int = ENCODE_CHUNK, padded: bool = False) -> tuple[Tensor, ...]:
+    """`function` over the rows of x (N, ...) (a tensor or an array), `size` rows at a time, each chunk
+    in the device and dtype of `like` (a model's parameter); its outputs, each (N, ...), joined in
+    float64 on the CPU. `padded`: the last chunk is filled up with zero rows to `size`, so that a row's
+    output does not depend on N (a smaller last chunk may round differently)."""
+    parts = []
+    for i in range(0, len(x), size):
+        rows = x[i : i + size]
+        rows = (torch.tensor(rows) if isinstance(rows, np.ndarray) else rows).to(like.device, like.dtype)  # a copy: x may be read-only
+        if padded and len(rows) < size:
+            rows = torch.cat([rows, rows.new_zeros((size - len(rows), *rows.shape[1:]))])  # (size, ...)
+        found = function(rows)
+        parts.append([part[: min(size, len(x) - i)] for part in (found if isinstance(found, tuple) else (found,))])
+    return tuple(torch.cat(outputs).double().cpu() for outputs in zip(*parts, strict=True))
+
+
+def encode(model, x, *, size: int = ENCODE_CHUNK, padded: bool = False) -> tuple[Tensor, Tensor]:
+    """mu, logvar (N, D) in float64 on the CPU of the rows of x (N, ...), encoded `size` rows at a time
+    (`in_chunks`) in the model's device and dtype, in the mode the model is in."""
+    mu, logvar = in_chunks(model.encode, x, like=next(model.parameters()), size=size, padded=padded)
+    return mu, logvar
 
 
 def information(mu: Tensor, logvar: Tensor, *, generator: torch.Generator, n_samples: int = MC_SAMPLES) -> dict:
     """I(x; z) in nats of the mixture of the N Gaussians (mu, logvar) (N, D): I_mc and I_loo (Monte
     Carlo with `n_samples` draws per point, the point's own component kept and left out), I_lower
-    (Bhattacharyya), I_upper (pairwise KL), I_points (N), I_log_n and I_saturated (I_loo - I_mc >
-    SATURATION_GAP)."""
+    (Bhattacharyya), I_upper (pairwise KL), I_jensen (eq. 10 - D/2, looser), I_points (N), I_log_n
+    (log N) and I_saturated (I_loo - I_mc > SATURATION_GAP). The keys are `ESTIMATE_KEYS`'s."""
     found = estimates(mu, logvar, generator=generator, n_samples=n_samples)
     log_n = math.log(len(mu))
-    return {
-        "I_mc": found["mc"],
-        "I_loo": found["loo"],
-        "I_lower": found["bhattacharyya"],
-        "I_upper": found["pairwise-kl"],
+    return {key: found[method] for method, key in ESTIMATE_KEYS.items()} | {
         "I_points": len(mu),
         "I_log_n": log_n,
         "I_saturated": bool(found["loo"] - found["mc"] > SATURATION_GAP),

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.nn.functional import all_gather
 
-__all__ = ["launched", "init_from_environment", "world_size", "rank", "is_main_process", "gather_batch", "average_over_processes"]
+__all__: list[str] = []  # internal
 
 
 def launched() -> bool:

@@ -1,13 +1,13 @@
 """scikit-learn transformers: `IPAE` and its baseline `BetaVAE`, which differ only in the rate term.
 
-`fit` trains an `AutoEncoder` with `ipae.train.train`; `transform` gives the encoder means, e.g.
+`fit` trains an `AutoEncoder` with `ipae.train`; `transform` gives the encoder means, e.g.
 `IPAE(n_components=2, random_state=0).fit_transform(X)` the (N, 2) codes of X; `inverse_transform`
 gives the decoded means and `score` a held-out objective that does not depend on beta (see `score`).
 `ipae.save(estimator, directory)` writes a fitted one as a model directory (see `ipae.checkpoint`) and
 `ipae.load(directory)` gives it back.
 
 The parameters are checked by the library's own validators (`ipae.models.ModelSpec`,
-`ipae.train.TrainConfig`, the rates and the networks), which `ipae fit` uses too, not by scikit-learn's
+`ipae.TrainConfig`, the rates and the networks), which `ipae fit` uses too, not by scikit-learn's
 private `_param_validation`.
 """
 
@@ -25,14 +25,17 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
+from ipae._validation import check_positive_ints
 from ipae.checkpoint import has_state, load_model, read_metadata
+from ipae.diagnostics import in_chunks
 from ipae.fitting import architecture_of, fit
 from ipae.information import reparameterise
 from ipae.models import AutoEncoder, ModelSpec
 from ipae.rates import InformationPotential, PairwiseKL, PriorKL, Rate
-from ipae.train import TrainConfig, TrainingDiverged, TrainResult, resolve_device
+from ipae.runtime import resolve_device
+from ipae.training import TrainConfig, TrainingDiverged, TrainResult
 
-__all__ = ["IPAE", "BetaVAE", "FitDiverged"]
+__all__ = ["FitDiverged"]
 
 # Rows per forward pass in transform and inverse_transform: bounds their memory whatever N is. Every
 # pass has exactly this many rows (the last padded), because a matmul's result for a row depends on the
@@ -51,7 +54,7 @@ class FitDiverged(TrainingDiverged):
 
 
 # The parameters IPAE and BetaVAE share, after n_components and their own (beta; IPAE's n_partners), with
-# their defaults: the paper's toy model and training (ipae.models.PRESETS["toy"], ipae.train.TrainConfig).
+# their defaults: the paper's toy model and training (ipae.models.PRESETS["toy"], ipae.TrainConfig).
 SHARED_PARAMETERS = {
     "hidden": (2048,),
     "activation": "relu",
@@ -156,8 +159,7 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
         """The model spec and training config the parameters name, checked by their own validators (seed 0:
         `fit` draws it); a ValueError that names the estimator and the parameter otherwise."""
         try:
-            if not isinstance(self.hidden, (tuple, list)):
-                raise ValueError(f"hidden must be a non-empty sequence of integers >= 1, got {self.hidden!r}")
+            check_positive_ints("hidden", self.hidden)
             if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, (str, Path)):
                 raise ValueError(f"checkpoint_dir must be a path or None, got {self.checkpoint_dir!r}")
             config = TrainConfig(
@@ -217,18 +219,11 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
             raise ValueError(f"X has {Z.shape[1]} features, but inverse_transform expects {self.n_components} (n_components)")
         return self._map(self.model_.decode, Z)
 
-    @torch.no_grad()
     def _map(self, function, A: np.ndarray) -> np.ndarray:
         """function over A's rows in chunks of INFERENCE_BATCH, the last one padded with zero rows."""
         self.model_.eval()
-        device = next(self.model_.parameters()).device
-        parts = []
-        for i in range(0, len(A), INFERENCE_BATCH):
-            rows = torch.tensor(A[i : i + INFERENCE_BATCH], device=device)  # a copy: A may be read-only
-            chunk = torch.zeros((INFERENCE_BATCH, *A.shape[1:]), dtype=rows.dtype, device=device)  # (INFERENCE_BATCH, n)
-            chunk[: len(rows)] = rows
-            parts.append(function(chunk)[: len(rows)])
-        return torch.cat(parts).double().cpu().numpy()
+        (found,) = in_chunks(function, A, like=next(self.model_.parameters()), size=INFERENCE_BATCH, padded=True)
+        return found.numpy()
 
     @torch.no_grad()
     def score(self, X, y=None) -> float:
@@ -278,14 +273,14 @@ class IPAE(_AutoEncoderTransformer):
     """Information Potential Auto-Encoder: rate = the information potential bound on I(x; z), eq. 10.
 
     `n_partners` is the paper's N_j, the partners drawn per sample in each batch (None: all pairs).
-    The other parameters are those of `ipae.fitting.ModelSpec` and `ipae.train.TrainConfig`;
+    The other parameters are those of `ipae.fitting.ModelSpec` and `ipae.TrainConfig`;
     `device` None means CUDA when present, else the CPU; `random_state` fixes the initial weights,
     the batches and the noise, so that the same int gives the same result twice on a device.
 
     Fitted attributes: `model_` (the `AutoEncoder`), `n_features_in_`, `seed_`, `history_`
     (a `TrainResult` of per-step loss, distortion and rate), `loss_curve_` (= `history_.loss`) and
     `monitor_`: with `fit(X, monitor=X_heldout)`, the measurements of I(x; z) and the distortion of
-    X_heldout every `monitor_every` steps and at the end (`ipae.train.train`'s monitor records; each
+    X_heldout every `monitor_every` steps and at the end (`ipae.train`'s monitor records; each
     costs seconds at 5000 points, with `monitor_samples` Monte Carlo draws per point); [] without.
     With `checkpoint_dir` and `checkpoint_every` = N, the fit so far is saved there every N steps, and
     a fit that was killed continues from it when run again with the same parameters; the checkpoint

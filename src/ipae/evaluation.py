@@ -11,7 +11,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from torch import Tensor
 
-__all__ = ["centre_distance", "linear_svm_error", "principal_components", "within_class_fraction", "paired_comparison", "holm"]
+__all__ = ["centre_distance", "linear_svm_error"]
 
 
 def centre_distance(points: Tensor, labels: Tensor, centres: Tensor) -> float:

@@ -8,21 +8,25 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch import Tensor
 
+from ipae._files import write_atomic, write_json
+from ipae._validation import check_positive_int
 from ipae.checkpoint import read_metadata, save_model
 from ipae.data.arrays import value_range
+from ipae.data.sources import TrainData
 from ipae.models import AutoEncoder, ModelSpec
 from ipae.networks import ARCHITECTURES, MLP, Conv
-from ipae.results import write_atomic, write_json
-from ipae.train import TrainConfig, TrainResult, train
+from ipae.training import TrainConfig, TrainResult, train
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["build_model", "fit", "OPTIONS", "from_options", "read_options", "options_toml", "merged_options", "save_fit"]
+__all__: list[str] = []  # internal
 
 
 def architecture_of(
@@ -33,8 +37,7 @@ def architecture_of(
     connected pair (`hidden`, `activation`); "conv", Burgess et al.'s for images (which takes neither)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHITECTURES)}")
-    if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
-        raise ValueError(f"n_components must be an integer >= 1, got {n_components!r}")
+    check_positive_int("n_components", n_components)
     shape = ARCHITECTURES[arch].input_shape if sample_shape is None else sample_shape
     if arch == "conv":
         return Conv(shape, n_components)
@@ -50,7 +53,7 @@ def build_model(spec: ModelSpec, sample_shape: tuple[int, ...], *, seed: int = 0
 
 
 def fit(
-    data,
+    data: TrainData,
     spec: ModelSpec,
     config: TrainConfig,
     *,
@@ -59,7 +62,7 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     metadata: dict | None = None,
     on_log: Callable[[dict], None] | None = None,
-    monitor=None,
+    monitor: Tensor | np.ndarray | None = None,
 ) -> tuple[AutoEncoder, TrainResult]:
     """Build the model of `spec` (weights from `seed`) and train it on `data` (N, ...), an array, a
     tensor or a `RowReader` of a file (what `load_array(..., mmap=True)` gives for a large .npy: read

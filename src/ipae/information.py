@@ -19,13 +19,9 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = [
-    "reparameterise",
-    "gaussian_kl",
-    "conditional_entropy",
-    "information_potential",
-    "draw_partners",
-]
+from ipae._validation import check_positive_int
+
+__all__: list[str] = []  # users reach its public names through the package: the package's face: ipae.reparameterise, ipae.gaussian_kl, ...
 
 
 def _check_gaussian(mu: Tensor, logvar: Tensor) -> None:
@@ -113,7 +109,7 @@ def draw_partners(
     Returns int64 (batch_size, n_partners) on the generator's device (`device` when `generator` is
     None: then torch's global generator draws them, as for `torch.randint`).
     """
-    if batch_size < 1 or n_partners < 1:
-        raise ValueError(f"batch_size and n_partners must be >= 1, got {batch_size} and {n_partners}")
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("n_partners", n_partners)
     device = generator.device if generator is not None else device
     return torch.randint(batch_size, (batch_size, n_partners), generator=generator, device=device)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Dense", "ACTIVATIONS"]
+__all__: list[str] = []  # internal
 
 # A layer that reads fewer features than this and writes more is "widening": its matmul is bound by
 # writing the (B, out) result, so it folds the bias in and takes the weight gradient transposed.

@@ -36,16 +36,7 @@ from torch import Tensor
 
 from ipae.information import conditional_entropy, reparameterise
 
-__all__ = [
-    "METHODS",
-    "REPORTED",
-    "estimates",
-    "mixture_entropy",
-    "mutual_information",
-    "draw_mc_noise",
-    "pairwise_kl",
-    "bhattacharyya_distance",
-]
+__all__ = ["mixture_entropy"]  # and ipae.mutual_information
 
 CHUNK_SIZE = 1024  # 1024 x 1024 pairs a block: 8 MiB per float64 matrix; tiles of 1024 partners: 1 MiB
 

@@ -21,7 +21,7 @@ from ipae.networks import MLP, Conv, architecture_from_dict
 from ipae.rates import RATES, Rate, create
 from ipae.rates import spec as rate_spec
 
-__all__ = ["AutoEncoder", "ModelSpec", "paper_conventions", "LossTerms", "Noise", "PRESETS", "DISTORTIONS", "LOGVAR_LIMIT"]
+__all__: list[str] = []  # users reach its public names through the package: ipae.AutoEncoder, ipae.PRESETS
 
 # logvar = LOGVAR_LIMIT * tanh(raw / LOGVAR_LIMIT): the identity near 0 (so a fresh encoder starts at
 # sigma ~ 1 as usual) but bounded to [-15, 15], i.e. sigma^2 in [3e-7, 3.3e6]. Inside that range 1/sigma^2,
@@ -199,6 +199,10 @@ PRESETS: dict[str, ModelSpec] = {
     "mnist": ModelSpec(MLP((784,), (1024,), 8, "sigmoid"), distortion="bernoulli", beta=1e-5),
     "conv": ModelSpec(Conv(), distortion="bernoulli", beta=1e-5),
 }
+"""The models by name, for `AutoEncoder.from_preset(name)`: the paper's two, toy 2 -relu-> 2048 ->
+(16, 16) -> 2048 -relu-> 2 (section 4.1) and MNIST 784 -sigmoid-> 1024 -> (8, 8) -> 1024 -sigmoid-> 784
+with the Bernoulli distortion (section 4.2); and "conv", the convolutional pair of Burgess et al. (2018)
+for 28 x 28 images (`input_shape` for others)."""
 
 
 def paper_conventions(options: dict) -> dict:

@@ -18,15 +18,15 @@ from itertools import pairwise
 import torch
 from torch import Tensor, nn
 
+from ipae._validation import check_positive_ints
 from ipae.layers import ACTIVATIONS, Dense
 
-__all__ = ["MLP", "Conv", "ARCHITECTURES", "architecture_from_dict"]
+__all__: list[str] = []  # users reach its public names through the package: ipae.MLP, ipae.Conv
 
 
 def _positive_sizes(**sizes: tuple[int, ...]) -> None:
     for name, values in sizes.items():
-        if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
-            raise ValueError(f"{name} must be a non-empty sequence of integers >= 1, got {values!r}")
+        check_positive_ints(name, values)
 
 
 class _MLPEncoder(nn.Module):

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import nn
 
+from ipae._files import staged_directory
 from ipae.checkpoint import load_model, read_metadata, save_model
 from ipae.models import AutoEncoder
 from ipae.rates import Rate
-from ipae.results import staged_directory
 
-__all__ = ["save", "load"]
+if TYPE_CHECKING:  # scikit-learn takes a second to import: only when an estimator is loaded
+    from ipae.estimators import IPAE, BetaVAE
+
+__all__: list[str] = []  # users reach its public names through the package: ipae.save, ipae.load
 
 
 def save(saved, directory: str | Path, *, overwrite: bool = False) -> None:
@@ -40,7 +44,9 @@ def save(saved, directory: str | Path, *, overwrite: bool = False) -> None:
         save_model(model, stage, metadata=metadata)
 
 
-def load(directory: str | Path, *, encoder: nn.Module | None = None, decoder: nn.Module | None = None, rate: Rate | None = None):
+def load(
+    directory: str | Path, *, encoder: nn.Module | None = None, decoder: nn.Module | None = None, rate: Rate | None = None
+) -> AutoEncoder | IPAE | BetaVAE:
     """What was saved in `directory`: the fitted estimator (`IPAE`, `BetaVAE`), or the `AutoEncoder`
     (into `encoder` and `decoder` for networks of your own, with `rate` for a rate of your own, each
     built as when the model was saved). A missing or damaged file is a FileNotFoundError or ValueError

@@ -1,6 +1,6 @@
 """Figures of training runs, drawn from the logs the runs wrote: the information plane and the loss curves.
 
-A run is found by its training log (JSON lines, one record per log step, `ipae.train.train`'s `on_log`):
+A run is found by its training log (JSON lines, one record per log step, `ipae.train`'s `on_log`):
 - a directory with metrics.jsonl: a run of `ipae fit` or `ipae toy`;
 - a log file itself: metrics.jsonl, or repeat-R.jsonl of a rate-matched or MNIST sweep's cell;
 - a directory with repeat-R.jsonl or repeat-R/metrics.jsonl files: a sweep's cell, one run per repeat.
@@ -27,9 +27,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from ipae.diagnostics import SATURATION_GAP
-from ipae.results import save_png
+from ipae.reporting import save_png
 
-__all__ = ["RunLog", "read_runs", "read_log", "draw_runs", "plot_runs"]
+__all__: list[str] = []  # users reach its public names through the package: ipae.plot_runs
 
 
 @dataclass(frozen=True)

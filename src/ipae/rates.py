@@ -32,10 +32,11 @@ import json
 import torch
 from torch import Tensor, nn
 
+from ipae._validation import check_positive_int
 from ipae.information import draw_partners, gaussian_kl, information_potential
 from ipae.mixture import CHUNK_SIZE, METHODS, draw_mc_noise
 
-__all__ = ["Rate", "InformationPotential", "PriorKL", "PairwiseKL", "Bhattacharyya", "Jensen", "MonteCarlo", "RATES", "create", "spec"]
+__all__ = ["RATES"]  # the rate classes themselves: ipae.Rate, ipae.InformationPotential, ...
 
 
 class Rate(nn.Module):
@@ -88,8 +89,7 @@ class InformationPotential(Rate):
 
     def __init__(self, n_partners: int | None = 1) -> None:
         super().__init__()
-        if n_partners is not None and (isinstance(n_partners, bool) or not isinstance(n_partners, int) or n_partners < 1):
-            raise ValueError(f"n_partners must be an integer >= 1 or None (all pairs), got {n_partners!r}")
+        check_positive_int("n_partners", n_partners, or_none="all pairs")
         self.n_partners = n_partners
 
     def sample(self, shape, generator, dtype, device=None):
@@ -142,8 +142,7 @@ class MonteCarlo(_Mixture):
 
     def __init__(self, n_samples: int = 1) -> None:
         super().__init__()
-        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-            raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+        check_positive_int("n_samples", n_samples)
         self.n_samples = n_samples
 
     def sample(self, shape, generator, dtype, device=None):
@@ -151,6 +150,8 @@ class MonteCarlo(_Mixture):
 
 
 RATES: dict[str, type[Rate]] = {cls.name: cls for cls in (InformationPotential, PriorKL, Jensen, PairwiseKL, Bhattacharyya, MonteCarlo)}
+"""The built-in rate classes by their `name` ("ip", "vae", "jensen", "pairwise-kl", "bhattacharyya",
+"mc"): the names that `ipae fit --rate` and saved models use."""
 
 
 def _options(rate: Rate) -> dict:

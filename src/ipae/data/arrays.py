@@ -18,7 +18,7 @@ from tokenize import TokenError
 import numpy as np
 from numpy.lib import format as npy_format
 
-__all__ = ["load_array", "chunks", "value_range", "RowReader", "MMAP_BYTES", "CHUNK_BYTES"]
+__all__: list[str] = []  # users reach its public names through the package: ipae.data
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 MMAP_BYTES = 1 << 30  # a .npy file larger than this is read batch by batch; a smaller one is loaded (faster batches)

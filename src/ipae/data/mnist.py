@@ -17,21 +17,11 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
+from ipae._files import write_atomic
+from ipae._validation import check_positive_int
 from ipae._version import __version__
-from ipae.results import write_atomic
 
-__all__ = [
-    "FILES",
-    "MIRRORS",
-    "PAPER_DIGITS",
-    "PAPER_N_TRAIN",
-    "DownloadError",
-    "MnistSplits",
-    "read_idx",
-    "verify_checksum",
-    "mnist_directory",
-    "load_mnist",
-]
+__all__: list[str] = []  # users reach its public names through the package: ipae.data
 
 # The four original files and their well-known SHA-256; a file that does not match is never used.
 FILES = {
@@ -202,8 +192,7 @@ def load_mnist(
     `np.random.default_rng(seed)` and kept in their original order. The test set is never subsampled.
     """
     digits = _check_digits(digits)
-    if n_train is not None and (isinstance(n_train, bool) or not isinstance(n_train, (int, np.integer)) or n_train < 1):
-        raise ValueError(f"n_train must be a positive integer, got {n_train!r}")
+    check_positive_int("n_train", int(n_train) if isinstance(n_train, np.integer) else n_train, or_none="all")
     directory = mnist_directory(data_dir, download=download)
     arrays = {}
     for name, expected in FILES.items():

@@ -1,16 +1,19 @@
 """The toy task of section 4.1: a mixture of 25 Gaussians on a 5 x 5 grid in the plane."""
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["ToyData", "gaussian_grid"]
+from ipae._validation import check_positive_int
+
+__all__: list[str] = []  # users reach its public names through the package: ipae.data
 
 
 class ToyData(NamedTuple):
+    """Samples of a mixture of Gaussians with the component of each: x (N, 2) float32, labels (N,) int64,
+    centres (C, 2) float32 (the component means)."""
+
     x: Tensor  # (N, 2) float32 samples
     labels: Tensor  # (N,) int64: the component each sample was drawn from
     centres: Tensor  # (C, 2) float32: the component means
@@ -23,8 +26,9 @@ def gaussian_grid(
 
     The defaults are the paper's: 25 components, covariance 0.1 I, 200 samples each (5000).
     """
-    if n_per_component < 1 or not grid or not variance > 0:
-        raise ValueError(f"need n_per_component >= 1, a non-empty grid and variance > 0, got {n_per_component}, {grid}, {variance}")
+    check_positive_int("n_per_component", n_per_component)
+    if not grid or not variance > 0:
+        raise ValueError(f"need a non-empty grid and variance > 0, got {grid}, {variance}")
     axis = torch.tensor(grid, dtype=torch.float64)
     centres = torch.cartesian_prod(axis, axis)  # (C, 2)
     labels = torch.arange(len(centres)).repeat_interleave(n_per_component)  # (N,)

@@ -14,9 +14,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ipae.results import write_table
+from ipae.reporting import write_table
 
-__all__ = ["COLUMNS", "compare_sweeps", "training_time_ratio", "summary", "write_comparison", "main"]
+__all__: list[str] = []  # internal
 
 COLUMNS = ("cell", "repeats", "identical", "largest_repeat_difference", "mean_difference", "reference_mean", "other_mean")
 

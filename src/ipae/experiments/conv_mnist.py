@@ -20,18 +20,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ipae._files import json_lines, staged_directory, write_json
 from ipae.checkpoint import has_state, save_model
 from ipae.data.mnist import load_mnist
-from ipae.diagnostics import INFORMATION_POINTS, information
+from ipae.diagnostics import INFORMATION_POINTS, encode, information
 from ipae.evaluation import linear_svm_error
 from ipae.experiments.parallel import map_runs
 from ipae.experiments.runs import Run, child_seeds
-from ipae.models import AutoEncoder
 from ipae.rates import InformationPotential, PriorKL
-from ipae.results import json_lines, staged_directory, write_json, write_table
-from ipae.train import TrainConfig, TrainingDiverged, train
+from ipae.reporting import write_table
+from ipae.training import TrainConfig, TrainingDiverged, train
 
-__all__ = ["conv_runs", "run_conv", "reproduce_conv_mnist", "COLUMNS"]
+__all__ = ["reproduce_conv_mnist"]
 
 COLUMNS = ("rate", "options", "beta", "steps", "precision", "seeds", "failed", "svm_error", "svm_error_std", "I_mc", "I_lower", "I_upper")
 
@@ -43,12 +43,6 @@ def conv_runs(training: TrainConfig, *, seeds: int = 3) -> list[Run]:
 
 def _images(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(x).view(-1, 1, 28, 28)
-
-
-@torch.no_grad()
-def _encode(model: AutoEncoder, x: torch.Tensor, batch: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-    parts = [model.encode(x[i : i + batch]) for i in range(0, len(x), batch)]
-    return torch.cat([mu for mu, _ in parts]).double(), torch.cat([logvar for _, logvar in parts]).double()
 
 
 def run_conv(run: Run, data_dir: Path | None, out: Path) -> dict:
@@ -74,8 +68,8 @@ def run_conv(run: Run, data_dir: Path | None, out: Path) -> dict:
         write_json(record, metrics)
         return metrics
     model.eval()
-    train_mu, _ = _encode(model, _images(data.x_train))
-    test_mu, test_logvar = _encode(model, _images(data.x_test))
+    train_mu, _ = encode(model, _images(data.x_train), size=2048)
+    test_mu, test_logvar = encode(model, _images(data.x_test), size=2048)
     generator = torch.Generator().manual_seed(info_seed)
     which = torch.randperm(len(test_mu), generator=generator)[:INFORMATION_POINTS]
     measured = information(test_mu[which], test_logvar[which], generator=generator)  # I_mc, I_lower, I_upper, ...

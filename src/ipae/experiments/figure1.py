@@ -9,14 +9,15 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
+from ipae._files import write_json
 from ipae.experiments.parallel import map_runs
 from ipae.experiments.runs import Run
 from ipae.experiments.toy import ToyOutcome, draw_reconstruction, run_toy
 from ipae.rates import InformationPotential, PriorKL
-from ipae.results import save_png, write_json, write_table
-from ipae.train import TrainConfig
+from ipae.reporting import save_png, write_table
+from ipae.training import TrainConfig
 
-__all__ = ["VAE_BETAS", "IPAE_BETAS", "figure1_runs", "reproduce_figure1", "summary"]
+__all__ = ["reproduce_figure1"]
 
 # The VAE grid spans 0.01..3 so that its best E (near beta = 1) lies inside it; the IPAE grid is
 # centred on its best E (near beta = 0.01 with N_j = 1).

@@ -11,15 +11,17 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from ipae._files import write_json
+from ipae._validation import check_positive_int
 from ipae.evaluation import holm, paired_comparison, within_class_fraction
 from ipae.experiments.mnist import draw_codes, first_successful_repeat, run_repeat, summarise_repeats, title
 from ipae.experiments.parallel import map_runs
 from ipae.experiments.runs import Run, claim_sweep
 from ipae.rates import InformationPotential, PriorKL
-from ipae.results import save_png, write_json, write_table
-from ipae.train import TrainConfig
+from ipae.reporting import save_png, write_table
+from ipae.training import TrainConfig
 
-__all__ = ["VAE_BETAS", "IPAE_BETAS", "IPAE_PAIRS", "COLUMNS", "figure2_runs", "reproduce_figure2", "summary", "paired_against", "best_vae"]
+__all__ = ["reproduce_figure2"]
 
 # The paper's grid (section 4.2): the VAE across beta; IPAE with N_j = 1 across beta; IPAE at its
 # best beta with more partners (None: all 512 pairs of the batch).
@@ -93,8 +95,7 @@ def reproduce_figure2(
     these, and its finished repeats (one JSON each) are not redone. Repeats run in the order
     repeat 0 of every cell, then repeat 1, ..., so that an interrupted sweep has a little of every cell.
     """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    check_positive_int("repeats", repeats)
     settings = {"steps": training.steps, "seed": seed, "precision": training.precision, "paper_exact": paper_exact}
     claim_sweep(
         out, settings, SWEEP_SETTINGS, kind="figure-2", absent={"paper_exact": False}

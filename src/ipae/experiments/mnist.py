@@ -12,25 +12,16 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from ipae._files import write_atomic, write_json
+from ipae._validation import check_positive_int
 from ipae.data.mnist import PAPER_DIGITS, PAPER_N_TRAIN, MnistSplits, load_mnist, subset_index
 from ipae.diagnostics import INFORMATION_POINTS, diagnose
 from ipae.evaluation import principal_components, within_class_fraction
 from ipae.experiments.parallel import map_runs
 from ipae.experiments.runs import Run, child_seeds, run_provenance, train_logged
-from ipae.results import save_png, write_atomic, write_json
+from ipae.reporting import save_png
 
-__all__ = [
-    "MNIST_TRAINING",
-    "SUBSETS",
-    "held_out",
-    "information_points",
-    "run_mnist",
-    "run_repeat",
-    "summarise_repeats",
-    "first_successful_repeat",
-    "title",
-    "draw_codes",
-]
+__all__: list[str] = []  # internal
 
 # Section 4.2: "the same learning procedure as that of the toy dataset", 5000 steps of 512.
 MNIST_TRAINING = {"steps": 5000, "batch_size": 512, "lr": 1e-3}
@@ -122,8 +113,7 @@ def run_mnist(
     """All repeats of `run` into the existing directory `out` (finished ones are kept), then
     out/metrics.json and out/codes.png. Metrics: svm_error (mean test error in percent over the
     successful repeats), svm_error_std, svm_errors, failed_repeats, train_seconds (all loops), config."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    check_positive_int("repeats", repeats)
     results = map_runs(
         partial(run_repeat, run, data_dir, out, device=device), list(range(repeats)), jobs=jobs, progress=progress, desc="repeats"
     )

@@ -23,10 +23,11 @@ from typing import TypeVar
 import torch
 from tqdm.auto import tqdm
 
-from ipae.results import write_atomic
-from ipae.train import keep_freed_memory
+from ipae._files import write_atomic
+from ipae._validation import check_positive_int
+from ipae.runtime import keep_freed_memory
 
-__all__ = ["map_runs", "on_cluster"]
+__all__: list[str] = []  # internal
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -78,8 +79,7 @@ def map_runs(
     this process, however it ends (`end_with_parent`). Inside `on_cluster`, the runs go to its cluster
     instead, and `jobs` does not apply.
     """
-    if jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    check_positive_int("jobs", jobs)
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=len(items), disable=not show, desc=desc, unit="run")
     with bar:

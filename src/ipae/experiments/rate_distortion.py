@@ -9,18 +9,19 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
+from ipae._files import write_json
 from ipae.checkpoint import load_model
 from ipae.data.toy import gaussian_grid
+from ipae.diagnostics import information
 from ipae.experiments.parallel import map_runs
 from ipae.experiments.runs import Run, child_seeds
 from ipae.experiments.toy import run_toy
 from ipae.information import reparameterise
-from ipae.mixture import estimates
 from ipae.rates import InformationPotential, MonteCarlo, PairwiseKL, PriorKL, Rate
-from ipae.results import save_png, write_json, write_table
-from ipae.train import TrainConfig
+from ipae.reporting import save_png, write_table
+from ipae.training import TrainConfig
 
-__all__ = ["GRID", "rate_distortion_runs", "reproduce_rate_distortion"]
+__all__ = ["reproduce_rate_distortion"]
 
 # Rate term -> betas. The mixture estimates are capped by log(batch) = 6.2 nats, eq. 10 and the VAE's
 # KL are not, so their useful betas differ. (The Bhattacharyya lower bound trains too, but a lower bound
@@ -32,7 +33,7 @@ GRID: dict[str, tuple[Rate, tuple[float, ...]]] = {
     "vae": (PriorKL(), (0.1, 0.3, 1.0, 3.0)),
 }
 MC_SAMPLES = 16  # draws per data point for the Monte Carlo estimate
-COLUMNS = ("rate", "beta", "status", "E", "distortion", "I_bhattacharyya", "I_mc", "I_pairwise-kl", "I_jensen", "train_seconds")
+COLUMNS = ("rate", "beta", "status", "E", "distortion", "I_lower", "I_mc", "I_upper", "I_jensen", "train_seconds")
 
 
 def rate_distortion_runs(training: TrainConfig, *, seed: int = 0) -> list[Run]:
@@ -52,8 +53,7 @@ def evaluate_rate(run: Run, directory: Path) -> dict:
     noise = torch.randn((MC_SAMPLES, *mu.shape), generator=generator, dtype=mu.dtype)
     decoded = model.decode(reparameterise(mu, logvar, noise).flatten(0, 1))  # (S * N, 2)
     metrics = {"distortion": float((decoded - x.repeat(MC_SAMPLES, 1)).square().sum(dim=1).mean())}
-    information = estimates(mu, logvar, generator=generator, n_samples=MC_SAMPLES)
-    return metrics | {f"I_{method}": value for method, value in information.items()}
+    return metrics | information(mu, logvar, generator=generator, n_samples=MC_SAMPLES)
 
 
 def _run_into(runs_directory: Path, device: torch.device | str | None, run: Run) -> dict:
@@ -105,7 +105,7 @@ def _figure(rows: list[dict]) -> Figure:
         if not points:
             continue
         information = [row["I_mc"] for row in points]
-        bracket = [[row["I_mc"] - row["I_bhattacharyya"] for row in points], [row["I_pairwise-kl"] - row["I_mc"] for row in points]]
+        bracket = [[row["I_mc"] - row["I_lower"] for row in points], [row["I_upper"] - row["I_mc"] for row in points]]
         line = distortion_axes.errorbar(information, [row["distortion"] for row in points], xerr=bracket, marker="o", capsize=3, label=rate)
         error_axes.plot(information, [row["E"] for row in points], marker="o", color=line.lines[0].get_color(), label=rate)
         for row in points:

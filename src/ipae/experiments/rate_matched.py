@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from ipae._files import write_atomic
 from ipae.diagnostics import SATURATION_GAP
 from ipae.evaluation import holm, paired_comparison
 from ipae.experiments.mnist import run_repeat
@@ -30,10 +31,10 @@ from ipae.experiments.parallel import map_runs
 from ipae.experiments.runs import Run, child_seeds, claim_sweep
 from ipae.experiments.toy import run_toy
 from ipae.rates import InformationPotential, PairwiseKL, PriorKL, Rate
-from ipae.results import markdown_table, save_png, write_atomic, write_table
-from ipae.train import TrainConfig
+from ipae.reporting import markdown_table, save_png, write_table
+from ipae.training import TrainConfig
 
-__all__ = ["DATASETS", "MODELS", "PILOT_GRIDS", "GRIDS", "METRICS", "PRIMARY", "reproduce_rate_matched", "matched_comparison", "report"]
+__all__ = ["reproduce_rate_matched"]
 
 DATASETS = ("toy", "mnist134", "mnist10")
 REFERENCE = "vae"

@@ -10,20 +10,21 @@ from pathlib import Path
 
 import numpy as np
 
+from ipae._files import json_lines, remove_stale, write_json
 from ipae._version import __version__
 from ipae.models import PRESETS, ModelSpec, paper_conventions
 from ipae.rates import InformationPotential, Rate, spec
-from ipae.results import cpu_name, json_lines, remove_stale, revision, write_json
-from ipae.train import TrainConfig, TrainingDiverged, TrainResult, train
+from ipae.reporting import cpu_name, revision
+from ipae.training import TrainConfig, TrainingDiverged, TrainResult, train
 
-__all__ = ["Run", "child_seeds", "train_logged", "claim_sweep", "lock_sweep", "SweepBusy", "run_provenance"]
+__all__: list[str] = []  # internal
 
 # The modules whose code trains a run or measures it. Records whose fingerprints of these differ may not
 # measure the same thing, so a study's summary refuses to mix them (`ipae.experiments.rate_matched`).
 CODE_FILES = (
-    "information.py", "mixture.py", "rates.py", "layers.py", "networks.py", "models.py", "train.py", "diagnostics.py",
-    "evaluation.py", "data/mnist.py", "data/toy.py", "data/arrays.py", "experiments/mnist.py", "experiments/toy.py",
-    "experiments/runs.py",
+    "information.py", "mixture.py", "rates.py", "layers.py", "networks.py", "models.py", "training.py", "runtime.py",
+    "diagnostics.py", "evaluation.py", "data/mnist.py", "data/toy.py", "data/arrays.py", "data/sources.py",
+    "experiments/mnist.py", "experiments/toy.py", "experiments/runs.py",
 )  # fmt: skip
 
 

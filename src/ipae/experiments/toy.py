@@ -9,16 +9,17 @@ from typing import NamedTuple
 import torch
 from matplotlib.figure import Figure
 
+from ipae._files import write_json
 from ipae.checkpoint import save_model
 from ipae.data.toy import gaussian_grid
 from ipae.diagnostics import diagnose
 from ipae.evaluation import centre_distance
 from ipae.experiments.runs import Run, child_seeds, run_provenance, train_logged
 from ipae.information import reparameterise
-from ipae.results import save_png, write_json
-from ipae.train import resolve_device
+from ipae.reporting import save_png
+from ipae.runtime import resolve_device
 
-__all__ = ["ToyOutcome", "run_toy", "draw_reconstruction"]
+__all__: list[str] = []  # internal
 
 
 class ToyOutcome(NamedTuple):
@@ -40,7 +41,7 @@ def run_toy(
     distortion, log-variance, and k-means NMI/ARI against the 25 components).
     `device`: where to train (None: CUDA when present, else the CPU). `monitor`: the training log also
     holds I(x; z) and the distortion of those 5000 held-out points every `run.training.monitor_every`
-    steps (`ipae.train.train`'s monitor); the weights are the same either way.
+    steps (`ipae.train`'s monitor); the weights are the same either way.
     """
     device = resolve_device(device)
     out.mkdir(exist_ok=True)

@@ -1,7 +1,6 @@
-"""ipae.train: one training path from any data source, exact in pieces and from checkpoints, no process-wide effects."""
+"""ipae.training: one training path from any data source, exact in pieces and from checkpoints, no process-wide effects."""
 
 import ctypes
-import importlib
 import json
 import math
 import os
@@ -12,18 +11,18 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from ipae import runtime, training
+from ipae._files import staged_directory, write_atomic
 from ipae.checkpoint import load_state, read_metadata, save_state
-from ipae.data import arrays
+from ipae.data import arrays, sources
 from ipae.data.toy import gaussian_grid
 from ipae.models import AutoEncoder
 from ipae.rates import InformationPotential, MonteCarlo, PriorKL
-from ipae.results import staged_directory, write_atomic
-from ipae.train import TrainConfig, TrainingDiverged, native_bf16, resolve_precision, train
+from ipae.runtime import native_bf16, resolve_precision
+from ipae.training import TrainConfig, TrainingDiverged, train
 from reliability import record
 
 CPU = torch.device("cpu")
-# the module: `ipae.train` is the function that `ipae/__init__.py` exports under the module's name
-train_module = importlib.import_module("ipae.train")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -355,7 +354,7 @@ def _batch_indices_up_front(n: int, batch_size: int, steps: int, generator: torc
 @pytest.mark.parametrize("n, batch_size, steps", [(200, 48, 12), (10, 3, 40), (7, 7, 5), (1, 1, 4), (100, 32, 50), (1000, 512, 9)])
 def test_the_schedule_is_the_one_drawn_up_front_before(n, batch_size, steps):
     expected = _batch_indices_up_front(n, batch_size, steps, torch.Generator().manual_seed(5))
-    schedule = train_module._Schedule(n, batch_size, 5, CPU)
+    schedule = sources._Schedule(n, batch_size, 5, CPU)
     assert torch.equal(torch.stack([schedule(step) for step in range(steps)]), expected)
     for step in np.random.default_rng(n).permutation(steps).tolist():  # as a resumed run asks: ahead, then behind
         assert torch.equal(schedule(step), expected[step]), step
@@ -382,7 +381,7 @@ def test_training_gives_the_weights_of_the_schedule_drawn_up_front(toy_x, tmp_pa
     train(lazy, data, config)
     train(pieces, data, config, resume=train(pieces, data, config, stop_at=9).state)  # resumed in the third pass
     monkeypatch.setattr(_UpFront, "steps", config.steps)
-    monkeypatch.setattr(train_module, "_Schedule", _UpFront)
+    monkeypatch.setattr(sources, "_Schedule", _UpFront)
     _assert_same_weights(_weights(lazy), _trained(data, config))
     _assert_same_weights(_weights(pieces), _trained(data, config))
     record(
@@ -399,7 +398,7 @@ def test_a_step_near_ten_million_is_found_without_building_the_schedule():
     """Drawn up front, the schedule of 10^7 steps of 4 would be 320 MB; found lazily, no allocation is
     larger than a pass (8 bytes a sample), so memory does not grow with the steps."""
     n, batch_size, step = 1 << 18, 4, 10**7 - 1  # the step is in pass 152
-    schedule = train_module._Schedule(n, batch_size, 0, CPU)
+    schedule = sources._Schedule(n, batch_size, 0, CPU)
     with torch.autograd.profiler.profile(profile_memory=True, use_kineto=False) as profile:  # kineto takes seconds to start
         found = schedule(step)
     largest = max(event.cpu_memory_usage for event in profile.function_events)
@@ -471,12 +470,11 @@ def test_a_refused_continuation_leaves_the_model_as_it_was(toy_x, tmp_path, chan
 
 def test_a_continuation_on_other_data_is_refused_for_every_fingerprinted_source(toy_x, tmp_path):
     first = train(_model(), toy_x, _config(), stop_at=10)
-    assert first.state.settings["data_sha256"] == train_module._fingerprint(toy_x)
+    assert first.state.settings["data_sha256"] == sources._fingerprint(toy_x)
     other = toy_x.clone()
     other[17, 1] += 1e-3  # one value of 400
     np.save(tmp_path / "other.npy", other.numpy())
-    sources = (other, other.numpy(), np.load(tmp_path / "other.npy", mmap_mode="r"))
-    for data in sources:
+    for data in (other, other.numpy(), np.load(tmp_path / "other.npy", mmap_mode="r")):
         with pytest.raises(ValueError, match="on other data"):
             train(_model(), data, _config(), resume=first.state)
     record(
@@ -543,8 +541,8 @@ def test_auto_precision_is_bf16_exactly_where_it_is_native():
 
 
 def test_emulated_bf16_warns_once_and_auto_falls_back_to_fp32(toy_x, monkeypatch):
-    monkeypatch.setattr(train_module, "native_bf16", lambda device: False)
-    train_module._warn_emulated_bf16.cache_clear()  # the warning is once per process: forget any earlier one
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: False)
+    runtime._warn_emulated_bf16.cache_clear()  # the warning is once per process: forget any earlier one
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         bf16 = train(_model(), toy_x, _config(steps=3, precision="bf16"))
@@ -558,7 +556,7 @@ def test_emulated_bf16_warns_once_and_auto_falls_back_to_fp32(toy_x, monkeypatch
 
 
 def test_auto_precision_trains_in_bf16_where_it_is_native(toy_x, monkeypatch):
-    monkeypatch.setattr(train_module, "native_bf16", lambda device: True)
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: True)
     auto, bf16, fp32 = (_model() for _ in range(3))
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # "native" here: no warning
@@ -577,7 +575,7 @@ def test_training_changes_no_process_wide_state(toy_x, tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("train changed process-wide state")
 
-    monkeypatch.setattr(train_module, "keep_freed_memory", forbidden)
+    monkeypatch.setattr(runtime, "keep_freed_memory", forbidden)
     monkeypatch.setattr(ctypes, "CDLL", forbidden)
     monkeypatch.setattr(os, "umask", forbidden)
     monkeypatch.setattr(torch, "manual_seed", forbidden)
@@ -610,7 +608,7 @@ def test_atomic_writes_leave_the_umask_alone_and_apply_it(tmp_path, monkeypatch)
 
 
 def test_compile_is_refused_under_torch_distributed(toy_x, monkeypatch):
-    monkeypatch.setattr(train_module.distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(training.distributed, "world_size", lambda: 2)
     with pytest.raises(ValueError, match="compile=True is not supported under torch.distributed"):
         train(_model(), toy_x, _config(compile=True))
 
@@ -729,7 +727,7 @@ def test_the_monitor_records_information_and_distortion_of_the_codes_at_their_st
     model, state = _model(), None
     for measured in result.monitor:  # the model at each measured step, and the measurement again, by hand
         state = train(model, toy_x, config, resume=state, stop_at=measured["step"]).state
-        generator = torch.Generator().manual_seed(train_module._monitor_seed(config.seed, measured["step"]))
+        generator = torch.Generator().manual_seed(training._monitor_seed(config.seed, measured["step"]))
         with torch.no_grad():
             mu, logvar = (t.double() for t in model.eval().encode(held_out))
             expected = information(mu, logvar, generator=generator, n_samples=3)

@@ -10,13 +10,9 @@ goes, with draws of its own, so that the weights are the same with and without i
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import hashlib
 import sys
 import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,67 +21,66 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 from tqdm.auto import tqdm
 
 import ipae.distributed as distributed
+from ipae._files import staged_directory
+from ipae._validation import check_positive_int
 from ipae.checkpoint import TrainState, load_state, load_weights, read_model_weights, save_model
-from ipae.data import arrays
-from ipae.data.arrays import RowReader
+from ipae.data import sources
+from ipae.data.sources import TrainData
 from ipae.diagnostics import measure
 from ipae.models import AutoEncoder
-from ipae.results import staged_directory
+from ipae.runtime import PRECISIONS, resolve_device, resolve_precision
 
-__all__ = [
-    "TrainConfig",
-    "train",
-    "TrainResult",
-    "TrainState",
-    "TrainingDiverged",
-    "CompileFailed",
-    "resolve_device",
-    "resolve_precision",
-    "native_bf16",
-    "keep_freed_memory",
-    "PRECISIONS",
-]
-
-# "fp32": everything in float32. "bf16": the layers' matmuls and activations in bfloat16 (autocast),
-# the parameters, the optimiser, the rate term and the loss reduction in float32; faster only where the
-# hardware has bfloat16 arithmetic (see `native_bf16`). "auto": bf16 where it is native, else fp32.
-PRECISIONS = ("fp32", "bf16", "auto")
+__all__: list[str] = []  # users reach its public names through the package: ipae.train, ipae.TrainConfig, ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """How to train. Defaults are the paper's (section 4.1)."""
+    """How to train, keyword-only: `TrainConfig(steps=5000, batch_size=512)`. Defaults are the paper's
+    (section 4.1) where it names one.
 
-    steps: int = 5000  # section 4.1: "finished after 5000 batches"
-    batch_size: int = 512  # section 4.1; per process under torchrun; a DataLoader's or iterable's own batches win
-    lr: float = 1e-3  # section 4.1, Adam
-    n_samples: int = 1  # K noise draws per sample; the paper draws one
-    seed: int = 0  # the batches, the noise and the rate's draws: the same seed gives the same run on a device
-    precision: str = "fp32"  # a key of PRECISIONS; fp32 is the reference, bf16 pays only on native bf16 hardware
-    compile: bool = False  # torch.compile the objective: seconds to compile, then faster steps (docs/performance.md)
-    device: str | None = None  # where to train; None: where the model is
-    log_every: int = 100  # steps between divergence checks (one host sync each) and log records
-    checkpoint_every: int | None = None  # with a checkpoint directory: save the run so far every N steps
-    # With train(monitor=X): steps between measurements of I(x; z) on X, a multiple of log_every. 500 gives
-    # 10 points on the paper's 5000-step run; each costs seconds at N = 5000 (benchmarks/monitor.py).
+    Fields:
+        steps: Adam steps, one batch each. 5000: section 4.1, "finished after 5000 batches".
+        batch_size: samples per step (section 4.1: 512). Under torchrun each process's share; a
+            DataLoader's or an iterable's own batches win.
+        lr: Adam's learning rate (section 4.1: 1e-3).
+        n_samples: K, noise draws per sample; the paper draws one.
+        seed: the batches, the noise and the rate's draws; the same seed gives the same run on a device.
+        precision: "fp32", "bf16" or "auto" (bf16 where the hardware computes it natively, else fp32).
+            fp32 is the reference; bf16 pays only on native bf16 hardware.
+        compile: torch.compile the objective: seconds to compile, then faster steps (docs/performance.md).
+        device: where to train, such as "cpu" or "cuda:0"; None: where the model is.
+        log_every: steps between divergence checks (one host sync each) and log records (100).
+        checkpoint_every: with `train(checkpoint_dir=...)`, save the run so far every N steps; None: never.
+        monitor_every: with `train(monitor=X)`, steps between measurements of I(x; z) in nats on X, a
+            multiple of log_every. 500 gives 10 points on the paper's 5000-step run; each costs seconds
+            at N = 5000 points (benchmarks/monitor.py).
+        monitor_samples: Monte Carlo draws per monitored point. One: I_mc and I_loo average over the N
+            points (at N = 5000 one draw and 16 differ by hundredths of a nat), while the cost grows with
+            the draws.
+        progress: show a progress bar; None: only on a terminal.
+    """
+
+    steps: int = 5000
+    batch_size: int = 512
+    lr: float = 1e-3
+    n_samples: int = 1
+    seed: int = 0
+    precision: str = "fp32"
+    compile: bool = False
+    device: str | None = None
+    log_every: int = 100
+    checkpoint_every: int | None = None
     monitor_every: int = 500
-    # Monte Carlo draws per monitor point: one, because I_mc and I_loo average over the N points (at N =
-    # 5000 one draw and 16 differ by hundredths of a nat) while the cost of the draws grows with their number.
     monitor_samples: int = 1
-    progress: bool | None = None  # a progress bar; None: only on a terminal
+    progress: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "n_samples", "log_every", "monitor_every", "monitor_samples"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        every = self.checkpoint_every
-        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-            raise ValueError(f"checkpoint_every must be an integer >= 1 or None, got {every!r}")
+            check_positive_int(name, getattr(self, name))
+        check_positive_int("checkpoint_every", self.checkpoint_every, or_none=True)
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < float("inf"):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         if self.precision not in PRECISIONS:
@@ -98,6 +93,7 @@ class TrainConfig:
             raise ValueError(f"progress must be True, False or None, got {self.progress!r}")
 
     def to_dict(self) -> dict:
+        """The fields as a dict (JSON-ready); `TrainConfig(**config.to_dict())` gives the config back."""
         return asdict(self)
 
     def check_monitor(self) -> None:
@@ -110,8 +106,8 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """History of a run: per-step loss, distortion and rate (each (steps,), from step 0 also for a
-    continued run), the wall time of this call's loop, the state to continue from, and the monitor's
+    """History of a run: per-step loss, distortion and rate (each (steps,) float64, the rate in nats;
+    from step 0 also for a continued run), the wall time in seconds of this call's loop, the state to continue from, and the monitor's
     measurements (`train(monitor=...)`; from step 0 also for a continued run)."""
 
     loss: np.ndarray
@@ -136,259 +132,9 @@ class CompileFailed(RuntimeError):
     """torch.compile could not compile the objective here (on the CPU it needs a working C++ compiler)."""
 
 
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """`device` as a torch.device; None means CUDA when it is present, else the CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError as error:
-        raise ValueError(f"unknown device {device!r} ({error})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but CUDA is not available here")
-    return device
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes in bfloat16 natively: a CUDA GPU that supports it, or a CPU with
-    AVX512-BF16 or AMX. Elsewhere bf16 matmuls are emulated, several times slower than fp32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
-    return any(check is not None and check() for check in checks)
-
-
-@functools.cache
-def _warn_emulated_bf16(device_type: str) -> None:  # once per process and device type
-    warnings.warn(
-        f"precision 'bf16' on a {device_type} without native bfloat16 (no AVX512-BF16 or AMX; CPU capability "
-        f"{torch.backends.cpu.get_cpu_capability()}): its matmuls are emulated and slower than fp32 (5x measured); "
-        "use precision 'auto' or 'fp32'",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """ "fp32" or "bf16": "auto" is bf16 where `native_bf16(device)`, else fp32; "bf16" where it is not
-    native warns (once) that it will be slower."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    if precision == "bf16" and not native_bf16(device):
-        _warn_emulated_bf16(device.type)
-    return precision
-
-
-@functools.cache
-def keep_freed_memory() -> bool:
-    """Opt-in, process-wide: ask glibc to keep freed blocks of up to 32 MiB in the heap instead of
-    returning them to the OS.
-
-    By default glibc unmaps a large block when it is freed, so every training step page-faults its
-    activations back in (about 4000 faults a step for the toy model, a third of its time). Raising
-    M_MMAP_THRESHOLD and M_TRIM_THRESHOLD stops that, at the price of a resident heap that does not
-    shrink, for the whole process. `train` never calls it; the `ipae` command and the worker processes
-    of `ipae.experiments` do. Done once; returns False where there is no glibc (then nothing changes).
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30))
-
-
-# data sources: each gives this process's batch of every step, as a floating tensor on the device
-
-
-def _check_finite(x: Tensor, where: str) -> None:
-    if x.is_floating_point() and not torch.isfinite(x).all():
-        raise ValueError(f"{where} contains NaN or infinite values")
-
-
-class _Schedule:
-    """The sample indices of every step: shuffled passes over the N samples, one after another, so that
-    every sample is used equally often; a batch that ends a pass is completed from the next. Pass p is
-    the (p + 1)-th `torch.randperm(N)` of a CPU generator seeded with `seed`, and the passes are drawn
-    as the steps reach them: only the pass in use is held (N indices, on `device`), never the steps x
-    batch of the whole schedule. A step ahead of the pass in use draws the passes up to its own (as
-    drawing the whole schedule did), one behind starts again from the seed."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, device: torch.device) -> None:
-        if not 1 <= batch_size <= n:  # a batch spans two passes at most
-            raise ValueError(f"a batch of {batch_size} cannot be drawn from {n} samples")
-        self.n, self.batch_size, self.seed, self.device = n, batch_size, seed, device
-        self.generator, self.drawn, self.order = None, -1, None  # the pass `drawn` is `order`
-
-    def _pass(self, number: int) -> Tensor:  # (N,)
-        if self.generator is None or number < self.drawn:
-            self.generator, self.drawn = torch.Generator().manual_seed(self.seed), -1
-        while self.drawn < number:
-            self.order = torch.randperm(self.n, generator=self.generator).to(self.device)
-            self.drawn += 1
-        return self.order
-
-    def __call__(self, step: int) -> Tensor:
-        """The indices of step `step` (batch_size,)."""
-        number, offset = divmod(step * self.batch_size, self.n)  # Python ints: no overflow at any step
-        head = self._pass(number)[offset : offset + self.batch_size]
-        if len(head) == self.batch_size:
-            return head
-        return torch.cat([head, self._pass(number + 1)[: self.batch_size - len(head)]])
-
-
-class _Indexed:
-    """A source of known size N: a tensor or array (on the device), a file read by a `RowReader` (a
-    memory-mapped array is read from its file so too) or a map-style Dataset (read batch by batch).
-    Steps index a fixed schedule of shuffled passes, so resuming at step s costs no more than the
-    schedule up to s."""
-
-    def __init__(self, data, config: TrainConfig, device: torch.device, dtype: torch.dtype) -> None:
-        processes, rank = distributed.world_size(), distributed.rank()
-        n = len(data)
-        if n == 0:
-            raise ValueError("data is empty (N = 0)")
-        self.local_batch = min(config.batch_size, n // processes)  # this process's share of the global batch
-        if self.local_batch < 1:
-            raise ValueError(f"{n} samples cannot be shared among {processes} processes")
-        self.global_batch = self.local_batch * processes
-        self.share = slice(rank * self.local_batch, (rank + 1) * self.local_batch)  # of each global batch
-        self.device, self.dtype = device, dtype
-        if isinstance(data, np.memmap):
-            data = _unmapped(data)
-        schedule_device = torch.device("cpu")
-        if isinstance(data, RowReader):  # checked batch by batch: a whole pass would read a file larger than RAM
-            data.check()  # still the file that was checked, before the first step
-            self.read, digest = functools.partial(_file_rows, data), data.fingerprint()
-        elif isinstance(data, (Tensor, np.ndarray)):
-            tensor = torch.from_numpy(_torch_array(data)) if isinstance(data, np.ndarray) else data
-            _check_array(tensor)
-            digest = _fingerprint(tensor)
-            tensor = tensor.to(device=device, dtype=dtype)
-            schedule_device = device
-            self.read = lambda index: tensor.index_select(0, index)
-        else:  # a map-style Dataset
-            self.read, digest = functools.partial(_dataset_rows, data), None
-        self.schedule = _Schedule(n, self.global_batch, config.seed, schedule_device)
-        self.settings = {"n_data": n, "batch_size": self.global_batch, "data_sha256": digest}
-
-    def batches(self, first: int, end: int) -> Iterator[Tensor]:
-        for step in range(first, end):
-            yield self.read(self.schedule(step)[self.share]).to(device=self.device, dtype=self.dtype, non_blocking=True)
-
-
-def _unmapped(array: np.memmap) -> RowReader | np.ndarray:
-    """A memory-mapped array as train reads it: a C-ordered one from its file (`RowReader`), another one
-    copied into memory when it is no larger than MMAP_BYTES (its rows are scattered through the file)."""
-    if array.flags.c_contiguous and array.filename is not None:
-        return RowReader.from_memmap(array)
-    if array.nbytes > arrays.MMAP_BYTES:
-        raise ValueError(
-            f"a memory-mapped array of {array.nbytes} bytes that is not C-ordered: its rows are scattered through the file, "
-            f"and it is larger than {arrays.MMAP_BYTES} bytes to copy into memory; save it in C order (np.ascontiguousarray)"
-        )
-    return np.array(array)
-
-
-def _fingerprint(tensor: Tensor) -> str:
-    """A SHA-256 of a tensor's dtype, shape and values, a chunk of rows at a time (from a GPU, a chunk at a time)."""
-    digest = hashlib.sha256(f"{tensor.dtype} {tuple(tensor.shape)}".encode())
-    for chunk in tensor.split(max(1, arrays.CHUNK_BYTES // max(1, tensor[0].nbytes))):
-        digest.update(chunk.detach().contiguous().view(torch.uint8).cpu().numpy())  # (rows, ..., bytes of a row's last axis)
-    return digest.hexdigest()
-
-
-def _check_array(data: Tensor) -> None:
-    if data.ndim < 2:
-        raise ValueError(f"data must have shape (N, ...) with a sample's values after N, got {tuple(data.shape)}")
-    if not (data.is_floating_point() or data.dtype in _INTEGER_DTYPES):
-        raise ValueError(f"data must be numeric (floating point or integer), got {data.dtype}")
-    _check_finite(data, "data")
-
-
-_INTEGER_DTYPES = (torch.uint8, torch.uint16, torch.uint32, torch.uint64, torch.int8, torch.int16, torch.int32, torch.int64)
-
-
-def _torch_array(array: np.ndarray) -> np.ndarray:
-    """`array` C-contiguous, in a dtype torch can take: a ValueError (not torch's TypeError) for objects,
-    strings, dates; long double as float64, which torch has not. `_check_array` checks the rest."""
-    if array.dtype.kind not in "biuf":
-        raise ValueError(f"data must be a numeric array, got dtype {array.dtype}")
-    if array.dtype.kind == "f" and array.dtype.itemsize > 8:
-        array = array.astype(np.float64)
-    return np.ascontiguousarray(array)
-
-
-def _file_rows(reader: RowReader, index: Tensor) -> Tensor:
-    """The rows `index` of a file, read from it (`RowReader`: a file changed since it was checked is a ValueError)."""
-    rows = torch.from_numpy(reader(index.numpy()))
-    _check_finite(rows, "a batch of the data")
-    return rows
-
-
-def _dataset_rows(dataset: Dataset, index: Tensor) -> Tensor:
-    indices = index.tolist()
-    if hasattr(dataset, "__getitems__"):
-        items = dataset.__getitems__(indices)
-    else:
-        items = [dataset[i] for i in indices]
-    batch = _inputs(default_collate(items))
-    _check_finite(batch, "a batch of the dataset")
-    return batch
-
-
-def _inputs(batch) -> Tensor:
-    """x of a batch: the batch itself, or the first element of an (x, y, ...) tuple or list."""
-    if isinstance(batch, (tuple, list)):
-        batch = batch[0]
-    if isinstance(batch, np.ndarray):
-        batch = torch.from_numpy(batch)
-    if not isinstance(batch, Tensor):
-        raise ValueError(f"a batch must be a tensor or an (x, y) pair of tensors, got {type(batch).__name__}")
-    return batch
-
-
-class _Stream:
-    """A DataLoader or any iterable of batches, each this process's batch; iterated again when it ends
-    (a new epoch), and replayed from the start to resume (so a resumed run sees the same batches when
-    the loader is built the same way, e.g. with a seeded generator)."""
-
-    def __init__(self, data: Iterable, device: torch.device, dtype: torch.dtype) -> None:
-        self.data, self.device, self.dtype = data, device, dtype
-        self.settings = {"n_data": None, "batch_size": getattr(data, "batch_size", None)}
-
-    def batches(self, first: int, end: int) -> Iterator[Tensor]:
-        step = 0
-        while step < end:
-            produced = False
-            for batch in self.data:
-                produced = True
-                if step >= first:
-                    x = _inputs(batch)
-                    _check_finite(x, f"the batch of step {step}")
-                    yield x.to(device=self.device, dtype=self.dtype, non_blocking=True)
-                step += 1
-                if step == end:
-                    return
-            if not produced or iter(self.data) is self.data:  # empty, or a one-shot iterator that is spent
-                raise ValueError(f"the data ran out after {step} batches ({end} steps asked for); pass a re-iterable source")
-
-
-def _source(data, config: TrainConfig, device: torch.device, dtype: torch.dtype):
-    if isinstance(data, (Tensor, np.ndarray, RowReader)) or (isinstance(data, Dataset) and not isinstance(data, IterableDataset)):
-        return _Indexed(data, config, device, dtype)
-    if isinstance(data, (DataLoader, Iterable)) and not isinstance(data, (str, bytes)):
-        return _Stream(data, device, dtype)
-    raise ValueError(
-        f"data must be a tensor, an array, a RowReader, a Dataset, a DataLoader or an iterable of batches, got {type(data).__name__}"
-    )
-
-
 def train(
     model: AutoEncoder,
-    data,
+    data: TrainData,
     config: TrainConfig = TrainConfig(),
     *,
     resume: TrainState | str | Path | None = None,
@@ -396,7 +142,7 @@ def train(
     on_log: Callable[[dict], None] | None = None,
     checkpoint_dir: str | Path | None = None,
     metadata: dict | None = None,
-    monitor=None,
+    monitor: Tensor | np.ndarray | None = None,
 ) -> TrainResult:
     """Train `model` in place with Adam on `data`; returns the per-step history.
 
@@ -422,7 +168,7 @@ def train(
     of which the state records); the call is checked whole before the model changes.
     Monitoring: with `monitor`, held-out points (M, ...) as a tensor or array, every `config.monitor_every`
     steps and at the end the log record also holds I(x; z) of their codes (`ipae.diagnostics.information`:
-    I_mc, I_loo, I_lower, I_upper, I_points, I_log_n, I_saturated), `heldout_distortion` (one sampled code
+    I_mc, I_loo, I_lower, I_upper, I_jensen, I_points, I_log_n, I_saturated), `heldout_distortion` (one sampled code
     each) and `monitor_seconds` (what the measurement took). The codes are encoded in eval mode without
     gradients, and the draws come from a generator of their own, seeded from `config.seed` and the step:
     the weights are those of a run without `monitor`, and a continued run measures as one that never stopped.
@@ -442,7 +188,7 @@ def train(
     device = parameter.device if config.device is None else resolve_device(config.device)
     dtype = parameter.dtype
     precision = resolve_precision(config.precision, device)
-    source = _source(data, config, device, dtype)
+    source = sources.source(data, batch_size=config.batch_size, seed=config.seed, device=device, dtype=dtype)
     monitor = None if monitor is None else _monitor_points(monitor, model, config, device, dtype)
     settings = {**source.settings, "lr": config.lr, "n_samples": config.n_samples, "seed": config.seed, "precision": precision}
     if resume is not None:
@@ -540,8 +286,8 @@ def _monitor_points(points, model: AutoEncoder, config: TrainConfig, device: tor
     """The held-out points of `train(monitor=...)` as a tensor on the device, checked before training starts."""
     if not isinstance(points, (Tensor, np.ndarray)):
         raise ValueError(f"monitor must be a tensor or an array of held-out points (M, ...), got {type(points).__name__}")
-    points = torch.from_numpy(_torch_array(points)) if isinstance(points, np.ndarray) else points
-    _check_array(points)
+    points = torch.from_numpy(sources.torch_array(points)) if isinstance(points, np.ndarray) else points
+    sources.check_array(points)
     if len(points) < 2:
         raise ValueError(f"monitor needs at least 2 held-out points (I_loo leaves each one out), got {len(points)}")
     if model.architecture is not None:
