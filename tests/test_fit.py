@@ -666,12 +666,13 @@ def test_a_batch_larger_than_the_data_is_recorded_as_it_ran(data, tmp_path, caps
     assert _same_weights(tmp_path / "again", tmp_path / "big")
 
 
-def test_threads_sets_the_threads_of_the_process(data, tmp_path):
-    before = torch.get_num_threads()
+def test_threads_sets_the_threads_of_the_command_and_main_restores_them(data, tmp_path):
+    before, seen = torch.get_num_threads(), []
     try:
         torch.set_num_threads(2)
-        assert main(["fit", str(data), *SMALL, "--steps", "2", "--threads", "1", "--quiet", "--out", str(tmp_path / "m")]) == 0
-        assert torch.get_num_threads() == 1
+        with after_step(1, lambda optimizer: seen.append(torch.get_num_threads())):
+            assert main(["fit", str(data), *SMALL, "--steps", "2", "--threads", "1", "--quiet", "--out", str(tmp_path / "m")]) == 0
+        assert seen == [1] and torch.get_num_threads() == 2  # main leaves the process as it found it
     finally:
         torch.set_num_threads(before)
 
