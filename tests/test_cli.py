@@ -608,9 +608,9 @@ def _documented_command_lines() -> list[str]:
         text = path.read_text()
         for block in re.findall(r"^```[a-z]*\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE):
             for line in block.replace("\\\n", " ").splitlines():
-                command = re.match(r"(?:[A-Z_]+=\S*\s+)*(ipae\s.*)", line)  # OMP_NUM_THREADS=1 ipae ...
+                command = re.match(r"(?:[A-Z_]+=\S*\s+)*(?:ipae|torchrun .*-m ipae\.cli)\s(.*)", line)  # OMP_NUM_THREADS=1 ipae ...
                 if command:
-                    lines.append(shlex.join(shlex.split(command[1], comments=True)))
+                    lines.append(shlex.join(["ipae", *shlex.split(command[1], comments=True)]))
         lines += [span for span in re.findall(r"`(ipae [^`]*)`", text) if "--out" in span.split()]
     return sorted(set(lines))
 
