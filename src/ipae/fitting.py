@@ -25,18 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = [
-    "ModelSpec",
-    "build_model",
-    "fit",
-    "OPTIONS",
-    "from_options",
-    "completed_options",
-    "read_options",
-    "options_toml",
-    "merged_options",
-    "save_fit",
-]
+__all__ = ["ModelSpec", "build_model", "fit", "OPTIONS", "from_options", "read_options", "options_toml", "merged_options", "save_fit"]
 
 
 @dataclass(frozen=True)
@@ -162,7 +151,7 @@ def completed_options(options: dict) -> dict:
     values = {name: getattr(spec, name) for name in SPEC_OPTIONS} | {"beta": rate.default_beta if spec.beta is None else spec.beta}
     values |= {option: taken[keyword] for option, keyword in RATE_OPTIONS.items() if keyword in taken}
     values |= {name: getattr(config, name) for name in TRAIN_OPTIONS}
-    if values.get("n_partners", 0) is None:
+    if "n_partners" in values and values["n_partners"] is None:  # all pairs, as the options name it
         values["n_partners"] = "all"
     unused = {"hidden", "activation"} if spec.arch != "mlp" else set()
     unused |= {"monitor_every", "monitor_samples"} if "monitor" not in options else set()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from ipae.commands import Failed, output_directory, report, training_device
 
 
@@ -41,8 +43,6 @@ def toy(args) -> int:
 
 
 def mnist(args) -> int:
-    import os
-
     from ipae.data.mnist import mnist_directory
     from ipae.distributed import world_size
     from ipae.experiments.mnist import run_mnist
