@@ -3,10 +3,16 @@
 Most commands run in this process (`main`), which is much faster than a new one; a few run as a
 process of their own to see exactly what a user sees."""
 
+import argparse
+import importlib
+import inspect
 import json
 import math
+import re
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,11 +20,12 @@ import torch
 from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from ipae import IPAE, BetaVAE
+from ipae import IPAE, BetaVAE, cli
 from ipae.checkpoint import load_model
-from ipae.cli import _build_parser, _run, main
+from ipae.cli import _build_parser, _parse, main
+from ipae.commands.experiment import run_of
 from ipae.data.toy import gaussian_grid
-from ipae.experiments import figure2, toy
+from ipae.experiments import conv_mnist, figure2, rate_matched, toy
 from ipae.experiments.figure1 import IPAE_BETAS, VAE_BETAS
 from ipae.experiments.runs import LOCK_NAME, claim_sweep
 from ipae.rates import RATES, InformationPotential, PairwiseKL, PriorKL
@@ -330,10 +337,28 @@ def test_reproduce_figure2_tiny_on_the_real_files_and_resumed(tmp_path, capsys):
     assert (out / "runs" / "vae-beta1e-05" / "repeat-0.json").stat().st_mtime_ns == before
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["figure1", "--repeats", "2"], "unrecognized arguments: --repeats 2 (see `ipae reproduce figure1 --help`)"),
+        (["rate-distortion", "--resume"], "unrecognized arguments: --resume (see `ipae reproduce rate-distortion --help`)"),
+        (["conv-mnist", "--seed", "1"], "unrecognized arguments: --seed 1 (see `ipae reproduce conv-mnist --help`)"),
+        (["conv-mnist", "--paper-exact"], "unrecognized arguments: --paper-exact"),
+        (["rate-matched", "--dataset", "toy", "--device", "cpu"], "unrecognized arguments: --device cpu"),
+        (["figure2", "--dataset", "toy"], "unrecognized arguments: --dataset toy"),
+        (["figure1", "--cells", "vae-beta1"], "unrecognized arguments: --cells vae-beta1"),
+        (["rate-matched"], "the following arguments are required: --dataset"),
+        (["rate-matched", "--dataset", "mnist9"], "invalid choice: 'mnist9'"),
+    ],
+)
+def test_each_experiment_takes_only_its_own_options(tmp_path, capsys, args, message):
+    code, _, error = run(capsys, "reproduce", *args, "--out", str(tmp_path / "out"))
+    assert code == 2 and error.startswith("ipae: error: ") and message in error and error.count("\n") == 1, error
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("figure", ["figure2", "conv-mnist", "rate-matched"])
-def test_sweep_options_are_refused_elsewhere_and_bad_data_writes_nothing(tmp_path, capsys, figure):
-    code, _, error = run(capsys, "reproduce", "figure1", "--repeats", "2", "--out", str(tmp_path / "out"))
-    assert code == 2 and "apply to figure2, conv-mnist and rate-matched only" in error and error.count("\n") == 1
+def test_a_sweep_on_missing_data_or_with_both_resume_and_overwrite_writes_nothing(tmp_path, capsys, figure):
     dataset = ["--dataset", "mnist134"] if figure == "rate-matched" else []
     code, _, error = run(capsys, "reproduce", figure, *dataset, "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out"))
     assert code == 2 and error.count("\n") == 1 and "missing MNIST files" in error
@@ -363,7 +388,7 @@ def test_the_default_beta_is_the_rates_own_in_every_entry_point(tmp_path, capsys
     parser = _build_parser()
     for name, cls in RATES.items():
         for command in ("toy", "mnist"):
-            assert _run(parser.parse_args([command, "--rate", name, "--out", str(tmp_path / "o")])).beta == cls.default_beta, (
+            assert run_of(parser.parse_args([command, "--rate", name, "--out", str(tmp_path / "o")])).beta == cls.default_beta, (
                 command,
                 name,
             )
@@ -529,3 +554,97 @@ def test_reproduce_figure2_refuses_an_unknown_cell_before_looking_for_mnist(tmp_
     code, _, error = run(capsys, "reproduce", "figure2", "--cells", "ip-beta1", "--steps", "2", "--out", str(tmp_path / "out"))
     assert code == 2 and error.count("\n") == 1 and "no cell ip-beta1" in error
     assert not (tmp_path / "out").exists()
+
+
+# the parser: every option explained, every documented command line accepted, nothing process-wide changed
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _commands(parser: argparse.ArgumentParser, name: str = "ipae") -> dict[str, argparse.ArgumentParser]:
+    """Every command's parser by its command line, `ipae reproduce figure2` and the like; each has a one-line description."""
+    found = {name: parser}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            described = {choice.dest: choice.help for choice in action._choices_actions}
+            for command, subparser in action.choices.items():
+                assert described.get(command) and "\n" not in described[command], f"{name} {command}: no one-line description"
+                found |= _commands(subparser, f"{name} {command}")
+    return found
+
+
+def test_every_option_has_help_that_shows_its_default():
+    commands = _commands(_build_parser())
+    assert {f"ipae reproduce {name}" for name in ("figure1", "figure2", "rate-distortion", "conv-mnist", "rate-matched")} <= set(commands)
+    checked = 0
+    for name, parser in commands.items():
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help, f"{name} {action.option_strings or action.dest}: no help"
+            shown = formatter._expand_help(action)  # as --help prints it, defaults filled in
+            if action.option_strings and action.nargs != 0 and not action.required:  # a value that may be left out
+                assert "(default: " in shown, f"{name} {action.option_strings}: {shown!r} does not say its default"
+                checked += 1
+        assert parser.format_help()
+    assert checked >= 80
+
+
+def test_the_sweeps_default_repeats_are_the_experiments_own():
+    commands = _commands(_build_parser())
+    signature = inspect.signature
+    figure2_repeats = signature(figure2.reproduce_figure2).parameters["repeats"].default
+    assert commands["ipae reproduce figure2"].get_default("repeats") == figure2_repeats
+    assert (
+        commands["ipae reproduce conv-mnist"].get_default("seeds") == signature(conv_mnist.reproduce_conv_mnist).parameters["seeds"].default
+    )
+    assert f"(default: {rate_matched.REPEATS}, the pilot's 1)" in " ".join(commands["ipae reproduce rate-matched"].format_help().split())
+
+
+def _documented_command_lines() -> list[str]:
+    """The whole `ipae` command lines of README.md and docs: in code blocks, in `Generated by` lines, and inline with --out."""
+    lines = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        text = path.read_text()
+        for block in re.findall(r"^```[a-z]*\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE):
+            for line in block.replace("\\\n", " ").splitlines():
+                command = re.match(r"(?:[A-Z_]+=\S*\s+)*(?:ipae|torchrun .*-m ipae\.cli)\s(.*)", line)  # OMP_NUM_THREADS=1 ipae ...
+                if command:
+                    lines.append(shlex.join(["ipae", *shlex.split(command[1], comments=True)]))
+        lines += [span for span in re.findall(r"`(ipae [^`]*)`", text) if "--out" in span.split()]
+    return sorted(set(lines))
+
+
+BRIEFED = [  # command lines that sweeps in progress resume with
+    "ipae reproduce figure2 --paper-exact --cells vae-beta1e-05 --resume --jobs 1 --threads 1 --quiet --data-dir D --out O",
+    "ipae reproduce rate-matched --dataset toy --resume --jobs 1 --threads 1 --quiet --out O",
+]
+
+
+@pytest.mark.parametrize("line", [*_documented_command_lines(), *BRIEFED])
+def test_documented_command_lines_parse(line):
+    assert callable(_parse(shlex.split(line)[1:]).handler)
+
+
+def test_the_docs_hold_many_command_lines_of_every_command():
+    lines = _documented_command_lines()
+    assert len(lines) >= 30
+    commands = {" ".join(line.split()[1:3]) if line.split()[1] == "reproduce" else line.split()[1] for line in lines}
+    every = {"toy", "mnist", "fit", "encode", "decode", "plot", "info"} | {
+        f"reproduce {name}" for name in ("figure1", "figure2", "rate-distortion", "conv-mnist", "rate-matched")
+    }
+    assert commands == every
+
+
+def test_main_changes_nothing_process_wide_and_the_console_script_tunes_the_allocator(tmp_path, small_toy_data, monkeypatch):
+    tuned = []
+    monkeypatch.setattr(importlib.import_module("ipae.runtime"), "keep_freed_memory", lambda: tuned.append(True))
+    threads = torch.get_num_threads()
+    assert main(["toy", "--steps", "2", "--threads", "1", "--quiet", "--out", str(tmp_path / "run")]) == 0
+    assert tuned == [] and torch.get_num_threads() == threads
+    monkeypatch.setattr(cli, "main", lambda: 7)
+    with pytest.raises(SystemExit) as exit:
+        cli.run()
+    assert exit.value.code == 7 and tuned == [True]
+    assert 'ipae = "ipae.cli:run"' in (ROOT / "pyproject.toml").read_text()

@@ -1,9 +1,12 @@
 """`ipae fit`, `encode` and `decode` on users' data: configs, continuing, checkpoints, images, logs, and bad input."""
 
+import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -19,6 +22,7 @@ from ipae.data import arrays
 from ipae.data.arrays import RowReader, load_array
 from ipae.models import ModelSpec
 from ipae.networks import MLP, Conv
+from ipae.rates import InformationPotential, MonteCarlo
 from ipae.runtime import native_bf16
 from ipae.training import TrainConfig
 from reliability import record
@@ -668,12 +672,13 @@ def test_a_batch_larger_than_the_data_is_recorded_as_it_ran(data, tmp_path, caps
     assert _same_weights(tmp_path / "again", tmp_path / "big")
 
 
-def test_threads_sets_the_threads_of_the_process(data, tmp_path):
-    before = torch.get_num_threads()
+def test_threads_sets_the_threads_of_the_command_and_main_restores_them(data, tmp_path):
+    before, seen = torch.get_num_threads(), []
     try:
         torch.set_num_threads(2)
-        assert main(["fit", str(data), *SMALL, "--steps", "2", "--threads", "1", "--quiet", "--out", str(tmp_path / "m")]) == 0
-        assert torch.get_num_threads() == 1
+        with after_step(1, lambda optimizer: seen.append(torch.get_num_threads())):
+            assert main(["fit", str(data), *SMALL, "--steps", "2", "--threads", "1", "--quiet", "--out", str(tmp_path / "m")]) == 0
+        assert seen == [1] and torch.get_num_threads() == 2  # main leaves the process as it found it
     finally:
         torch.set_num_threads(before)
 
@@ -701,3 +706,85 @@ def test_a_monitored_fit_logs_information_every_n_steps_and_trains_the_weights_o
     longer = [json.loads(line) for line in (tmp_path / "longer" / "metrics.jsonl").read_text().splitlines()]
     assert [record["step"] for record in longer if "I_mc" in record] == [10, 20, 30]
     assert [record.get("I_mc") for record in longer[:4]] == [record.get("I_mc") for record in log]
+
+
+# config.toml: every option the run used
+
+
+def _toml(path) -> dict:
+    return fitting.tomllib.loads(path.read_text())
+
+
+def _changed_default(monkeypatch, cls, name: str, value) -> None:
+    """`cls(...)` without `name` takes `value` from now on: a default that a later release might change."""
+    init = cls.__init__
+    if init.__kwdefaults__ and name in init.__kwdefaults__:
+        monkeypatch.setattr(init, "__kwdefaults__", {**init.__kwdefaults__, name: value})
+        return
+    names = [field.name for field in dataclasses.fields(cls) if field.init and not field.kw_only]
+    defaults = list(init.__defaults__)
+    defaults[names.index(name) - (len(names) - len(defaults))] = value
+    monkeypatch.setattr(init, "__defaults__", tuple(defaults))
+
+
+def test_config_toml_records_every_option_the_run_used_defaults_included(data, tmp_path, monkeypatch):
+    first = tmp_path / "first"
+    assert main(["fit", str(data), *SMALL, "--steps", "6", "--quiet", "--out", str(first)]) == 0
+    spec, training = ModelSpec(), TrainConfig()
+    given = {"data": str(data), "hidden": [16], "n_components": 2, "batch_size": 32, "steps": 6}
+    defaults = {name: getattr(spec, name) for name in ("arch", "activation", "distortion", "rate")}
+    defaults |= {name: getattr(training, name) for name in ("lr", "seed", "precision", "compile", "log_every")}
+    defaults |= {"beta": InformationPotential.default_beta, "n_partners": InformationPotential().n_partners}
+    recorded = _toml(first / "config.toml")
+    assert recorded == given | defaults and read_metadata(first)["fit"] == recorded
+    # what a run did not use is not recorded: another rate's options, an mlp's layers for conv, a monitor's settings
+    np.save(tmp_path / "images.npy", np.random.default_rng(0).random((8, 16, 16), dtype=np.float32))
+    conv = ["fit", str(tmp_path / "images.npy"), "--rate", "mc", "--arch", "conv", "--steps", "1", "--quiet"]
+    assert main([*conv, "--out", str(tmp_path / "mc")]) == 0
+    mc = _toml(tmp_path / "mc" / "config.toml")
+    assert mc["mc_samples"] == MonteCarlo().n_samples and mc["beta"] == MonteCarlo.default_beta
+    assert not {"n_partners", "hidden", "activation", "monitor_every", "checkpoint_every"} & set(mc)
+    # so the run is the same when the defaults change, and a later rate on the command line takes its own beta
+    _changed_default(monkeypatch, TrainConfig, "lr", 0.5)
+    assert TrainConfig().lr == 0.5
+    assert main(["fit", "--config", str(first / "config.toml"), "--quiet", "--out", str(tmp_path / "again")]) == 0
+    assert _same_weights(first, tmp_path / "again")
+    assert main(["fit", "--config", str(first / "config.toml"), *SMALL, "--quiet", "--out", str(tmp_path / "new")]) == 0
+    assert _toml(tmp_path / "new" / "config.toml")["lr"] == 0.001  # recorded, not the new default
+    assert main(["fit", "--config", str(first / "config.toml"), "--rate", "vae", "--quiet", "--out", str(tmp_path / "vae")]) == 0
+    vae = _toml(tmp_path / "vae" / "config.toml")
+    assert vae["rate"] == "vae" and vae["beta"] == 1.0 and "n_partners" not in vae
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_none_exists(data, tmp_path, capsys):
+    common = ["fit", str(data), *SMALL, "--steps", "12", "--quiet"]
+    for options, when in (([], "--checkpoint-every N saves one"), (["--checkpoint-every", "10"], "the first is at step 10")):
+        with after_step(7, kill):
+            code, error = run(capsys, *common, *options, "--out", str(tmp_path / "out"))
+        assert code == 130 and error == f"ipae: interrupted; no checkpoint of this run exists yet ({when}), so nothing was kept\n"
+        assert sorted(tmp_path.iterdir()) == [data]
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_sigint_to_a_fit_says_whether_it_can_be_resumed(data, tmp_path, checkpoint):
+    """A real Ctrl-C (SIGINT) to `ipae fit` in a process of its own, while it trains."""
+    out, log = tmp_path / "out", tmp_path / "log.jsonl"
+    every = ["--checkpoint-every", "10" if checkpoint else "1000000"]
+    command = ["fit", str(data), *SMALL, "--steps", "1000000", "--log-every", "10", *every, "--log", str(log), "--quiet", "--out", str(out)]
+    process = subprocess.Popen([sys.executable, "-m", "ipae.cli", *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = (tmp_path / "out.checkpoint" / "training.json") if checkpoint else log
+        deadline = time.monotonic() + 120
+        while not (ready.exists() and log.exists() and log.read_text()) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, error = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130 and error.count("\n") == 1 and error.startswith("ipae: interrupted; "), error
+    if checkpoint:
+        assert f"continue it with `ipae fit --resume {tmp_path / 'out.checkpoint'} --out {out}`" in error
+    else:
+        assert "no checkpoint of this run exists yet (the first is at step 1000000)" in error
+        assert sorted(path.name for path in tmp_path.iterdir()) == ["log.jsonl", "x.npy"]
+    assert not out.exists()

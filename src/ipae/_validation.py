@@ -17,9 +17,5 @@ def check_positive_int(name: str, value: object, *, or_none: bool | str = False)
 
 def check_positive_ints(name: str, values: object) -> None:
     """ValueError unless `values` is a non-empty sequence of ints >= 1, such as layer sizes."""
-    if (
-        not isinstance(values, (tuple, list))
-        or not values
-        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values)
-    ):
+    if not isinstance(values, (tuple, list)) or not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
         raise ValueError(f"{name} must be a non-empty sequence of integers >= 1, got {values!r}")

@@ -19,6 +19,8 @@ from ipae.data.arrays import value_range
 from ipae.data.sources import TrainData
 from ipae.models import AutoEncoder, ModelSpec
 from ipae.networks import ARCHITECTURES, MLP, Conv
+from ipae.rates import create
+from ipae.rates import spec as rate_spec
 from ipae.training import TrainConfig, TrainResult, train
 
 if sys.version_info >= (3, 11):
@@ -126,6 +128,35 @@ def from_options(options: dict) -> tuple[ModelSpec, TrainConfig]:
     return spec, config
 
 
+def spec_options(spec: ModelSpec) -> dict:
+    """The options of a fit (SPEC_OPTIONS) that describe `spec`, a model of ipae's networks."""
+    networks = spec.architecture
+    values = {"arch": "conv" if isinstance(networks, Conv) else "mlp", "n_components": networks.n_latent}
+    if isinstance(networks, MLP):
+        values |= {"hidden": networks.hidden, "activation": networks.activation}
+    return values | {"distortion": spec.distortion, "rate": spec.rate, "beta": spec.beta}
+
+
+def completed_options(options: dict) -> dict:
+    """`options` (see OPTIONS) with the value of every option the run uses, defaults included: the
+    model's, the rate's (beta resolved to the rate's own default) and the training's, so that a
+    config.toml of them names the run whatever the defaults become. Left out: what the run does not use
+    (another rate's options, an mlp's layers for conv, the monitor's settings without a monitor, no
+    checkpoints)."""
+    spec, config = from_options(options)
+    rate = create(spec.rate, **spec.rate_options)
+    taken = rate_spec(rate)  # the rate's options by its own keywords, defaults included
+    values = spec_options(spec)
+    values |= {option: taken[keyword] for option, keyword in RATE_OPTIONS.items() if keyword in taken}
+    values |= {name: getattr(config, name) for name in TRAIN_OPTIONS}
+    if "n_partners" in values and values["n_partners"] is None:  # all pairs, as the options name it
+        values["n_partners"] = "all"
+    unused = {"hidden", "activation"} if values["arch"] != "mlp" else set()
+    unused |= {"monitor_every", "monitor_samples"} if "monitor" not in options else set()
+    merged = options | {name: value for name, value in values.items() if name not in unused}
+    return {name: merged[name] for name in OPTIONS if merged.get(name) is not None}
+
+
 def read_options(path: str | Path) -> dict:
     """The options of a TOML config file (names with - or _), checked against OPTIONS and their types.
 
@@ -219,8 +250,10 @@ def options_toml(options: dict) -> str:
 def merged_options(given: dict, *, resume: str | Path | None = None, config: str | Path | None = None) -> dict:
     """The options of a fit: those the run in `resume` ran with, then the TOML file `config`, then
     `given` (the command line), each overriding the one before; `data` and `monitor` made absolute (a
-    relative one in `config` or in the run's record is under that file's directory, see `read_options`)."""
-    options = {}
+    relative one in `config` or in the run's record is under that file's directory, see `read_options`).
+    A source that changes the rate drops the beta and the rate options of the sources before it: they
+    were the other rate's (a recorded config.toml holds them all, see `completed_options`)."""
+    layers = []
     if resume is not None:
         metadata = read_metadata(resume)
         if "fit" not in metadata:
@@ -229,10 +262,15 @@ def merged_options(given: dict, *, resume: str | Path | None = None, config: str
         recorded = metadata["fit"]
         if not isinstance(recorded, dict):
             raise ValueError(f"{Path(resume) / 'model.json'}: the recorded fit options are not a table, got {_short_repr(recorded)}")
-        options |= _checked_options(recorded, Path(resume) / "model.json", "is not an option of a fit")
+        layers.append(_checked_options(recorded, Path(resume) / "model.json", "is not an option of a fit"))
     if config is not None:
-        options |= read_options(config)
-    options |= given
+        layers.append(read_options(config))
+    options: dict = {}
+    for layer in [*layers, given]:
+        before = options.get("rate", ModelSpec.rate)
+        if layer.get("rate", before) != before:
+            options = {name: value for name, value in options.items() if name not in ("beta", *RATE_OPTIONS)}
+        options |= layer
     if "data" not in options:
         raise ValueError('no data: give DATA, or `data = "..."` in the --config file')
     paths = {name: str(Path(options[name]).absolute()) for name in ("data", "monitor") if name in options}
