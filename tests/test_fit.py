@@ -732,7 +732,7 @@ def test_config_toml_records_every_option_the_run_used_defaults_included(data, t
     assert main(["fit", str(data), *SMALL, "--steps", "6", "--quiet", "--out", str(first)]) == 0
     spec, training = ModelSpec(), TrainConfig()
     given = {"data": str(data), "hidden": [16], "n_components": 2, "batch_size": 32, "steps": 6}
-    defaults = {name: getattr(spec, name) for name in ("arch", "activation", "distortion", "rate")}
+    defaults = {"arch": "mlp", "activation": spec.architecture.activation, "distortion": spec.distortion, "rate": spec.rate}
     defaults |= {name: getattr(training, name) for name in ("lr", "seed", "precision", "compile", "log_every")}
     defaults |= {"beta": InformationPotential.default_beta, "n_partners": InformationPotential().n_partners}
     recorded = _toml(first / "config.toml")

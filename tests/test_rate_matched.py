@@ -3,6 +3,7 @@ extrapolated; Holm; saturated runs left out; provenance; held-out points; a tiny
 
 import hashlib
 import json
+import math
 
 import numpy as np
 import pytest
@@ -12,7 +13,15 @@ from ipae.data.toy import gaussian_grid
 from ipae.evaluation import holm
 from ipae.experiments import toy
 from ipae.experiments.mnist import held_out, information_points
-from ipae.experiments.rate_matched import check_provenance, matched_comparison, matched_runs, reproduce_rate_matched
+from ipae.experiments.rate_matched import (
+    Matching,
+    check_provenance,
+    interpolation_check,
+    matched_comparison,
+    matched_runs,
+    reference_cells,
+    reproduce_rate_matched,
+)
 from ipae.training import TrainConfig
 from mnist_files import REAL_MNIST, needs_mnist
 
@@ -138,3 +147,42 @@ def test_a_repeat_without_usable_runs_of_a_model_does_not_empty_the_pairs_range(
     records = [r for r in _records(RATES) if not (r["model"] == "vae" and r["repeat"] == 2)]
     rows = {row["model"]: row for row in matched_comparison(records, {"E": True}, "E")}
     assert (rows["ip1"]["I_low"], rows["ip1"]["I_high"]) == pytest.approx((1.0, 4.0)) and rows["ip1"]["n"] == 2
+
+
+def _convex_records(vae_rates, model_rates, repeats=3):
+    """Runs on one convex curve, E = exp(-I) + repeat / 100, for the VAE and the other models alike:
+    no model differs from the VAE at any rate, so a matched difference is the interpolation's alone."""
+    records = []
+    for model, rates in {"vae": vae_rates, **dict.fromkeys(("ip1", "ip8", "pairwise-kl"), model_rates)}.items():
+        for beta, rate in enumerate(rates):
+            for repeat in range(repeats):
+                noise = 1e-4 * ((repeat * 5 + beta * 3) % 7)  # so that the t-test has a variance
+                records.append(
+                    {"model": model, "beta": float(beta), "repeat": repeat, "status": "ok", "I_mc": rate - 0.05, "I_loo": rate + 0.05}
+                    | {"I_saturated": False, "I_points": 100, "E": math.exp(-rate) + repeat / 100 + noise, "code": "same", "commit": "c"}
+                )
+    return records
+
+
+def test_linear_matching_along_a_convex_reference_reads_the_chord_and_the_check_shows_it():
+    records = _convex_records((1.0, 2.0, 3.0, 4.0, 5.0), (1.5, 2.5, 3.5, 4.5))
+    chord = np.mean([math.exp(-m) * (math.cosh(0.5) - 1) for m in (1.5, 2.5, 3.5, 4.5)])  # closed form: the chord's excess
+    rows = {(row["model"], row["matching"]): row for row in interpolation_check(records, "E", lower_is_better=True)}
+    linear, cubic = rows[("ip1", "linear")], rows[("ip1", "pchip")]
+    assert linear["n"] == 3 and linear["runs"] == 12 and linear["vae_cells"] == 5
+    assert linear["difference"] == pytest.approx(-chord, abs=2e-4)  # the model looks better: an artefact
+    assert abs(cubic["difference"]) < chord / 4
+    wide = rows[("ip1", "linear, every other VAE cell")]  # cells 1, 3, 5: runs a quarter into gaps of 2 nats, 3x the excess
+    assert wide["vae_cells"] == 3 and wide["difference"] < 2.5 * linear["difference"]
+
+
+def test_the_primary_matching_reads_only_the_named_vae_cells():
+    records = _convex_records((1.0, 2.0, 3.0, 4.0, 5.0), (1.5, 2.5, 3.5, 4.5))
+    kept = reference_cells(records, Matching("linear", vae_betas=(0.0, 2.0, 4.0)))  # betas 0, 2, 4: rates 1, 3, 5
+    assert sorted({r["beta"] for r in kept if r["model"] == "vae"}) == [0.0, 2.0, 4.0]
+    assert len([r for r in kept if r["model"] != "vae"]) == len([r for r in records if r["model"] != "vae"])
+    rows = matched_comparison(records, {"E": True}, "E", Matching("linear", vae_betas=(0.0, 2.0, 4.0)))
+    wide = {
+        row["model"]: row for row in interpolation_check(records, "E", lower_is_better=True) if row["matching"].startswith("linear, every")
+    }
+    assert rows[0]["difference"] == pytest.approx(wide[rows[0]["model"]]["difference"])
