@@ -22,8 +22,9 @@ Two codes compute them, with the same values (tests: 1e-6 relative in float64, i
 - otherwise in tiles of chunk_size partners and chunk_size^2 bytes that stay in the cache, each made by one
   matmul of augmented features (KL, Monte Carlo) or by a few passes per dimension (Bhattacharyya), with the
   exponents in base 2, then raised in place (exp2) and summed into their rows.
-All functions are differentiable, deterministic (except "mc" and "loo", which draw from a given
-generator), and run in the input's dtype on its device.
+All functions are differentiable, deterministic (except "mc" and "loo", which draw from a generator), and
+run in the input's dtype on its device. `mutual_information` and `mixture_entropy` also take NumPy arrays,
+and then return a float.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -48,9 +50,24 @@ __all__ = [
 ]
 
 CHUNK_SIZE = 1024  # 1024 x 1024 pairs a block: 8 MiB per float64 matrix; tiles of 1024 partners: 1 MiB
+DEFAULT_SEED = 0  # "mc" and "loo" without a generator draw from a fresh one seeded with this: the same codes, the same value
+
+
+def _as_tensors(mu: Tensor | np.ndarray, logvar: Tensor | np.ndarray) -> tuple[Tensor, Tensor, bool]:
+    """mu and logvar as tensors, and whether they came as NumPy arrays (whose estimate is then returned as a float).
+    Arrays keep float32 or float64 and are copied (they may be read-only); other dtypes become float64."""
+    arrays = [isinstance(x, np.ndarray) for x in (mu, logvar)]
+    if all(arrays):
+        converted = (torch.tensor(x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)) for x in (mu, logvar))
+        return *converted, True
+    if any(arrays) or not all(isinstance(x, Tensor) for x in (mu, logvar)):
+        raise TypeError(f"mu and logvar must both be tensors or both NumPy arrays, got {type(mu).__name__} and {type(logvar).__name__}")
+    return mu, logvar, False
 
 
 def _check(mu: Tensor, logvar: Tensor, chunk_size: int) -> None:
+    if not (mu.is_floating_point() and logvar.is_floating_point()):
+        raise ValueError(f"mu and logvar must be floating-point, got {mu.dtype} and {logvar.dtype}")
     if mu.ndim != 2 or mu.shape[0] == 0 or mu.shape[1] == 0:
         raise ValueError(f"mu must have shape (N, D) with N, D >= 1, got {tuple(mu.shape)}")
     if logvar.shape != mu.shape:
@@ -428,29 +445,34 @@ DRAWING = ("mc", "loo")  # the methods that read standard-normal draws
 
 
 def mutual_information(
-    mu: Tensor,
-    logvar: Tensor,
+    mu: Tensor | np.ndarray,
+    logvar: Tensor | np.ndarray,
     *,
     method: str,
     generator: torch.Generator | None = None,
     n_samples: int = 1,
     chunk_size: int = CHUNK_SIZE,
-) -> Tensor:
-    """I(x; z) in nats of the mixture of N(mu_i, diag exp(logvar_i)): (N, D), (N, D) -> scalar.
+) -> Tensor | float:
+    """I(x; z) in nats of the mixture of N(mu_i, diag exp(logvar_i)): (N, D), (N, D) -> scalar, a 0-d tensor
+    (differentiable) for tensors, a float for NumPy arrays.
 
     `method`: a key of METHODS. Cost: "jensen" O(N D) time and memory; "pairwise-kl" O(N^2 D) time,
     O(N D + chunk_size^2) memory; "bhattacharyya" the same;
-    "mc" and "loo" O(n_samples N^2 D) time, O(n_samples N D + chunk_size^2) memory, draw from `generator`.
+    "mc" and "loo" O(n_samples N^2 D) time, O(n_samples N D + chunk_size^2) memory, draw n_samples points per
+    code from `generator`, or without one from a fresh generator on mu's device seeded with DEFAULT_SEED: the
+    same codes give the same value, and torch's global generator is neither read nor advanced.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    mu, logvar, arrays = _as_tensors(mu, logvar)
     _check(mu, logvar, chunk_size)
     eps = None
     if method in DRAWING:
         if generator is None:
-            raise ValueError(f'method "{method}" needs a generator (torch.Generator) for its draws')
+            generator = torch.Generator(device=mu.device).manual_seed(DEFAULT_SEED)
         eps = draw_mc_noise(mu, n_samples, generator)
-    return METHODS[method](mu, logvar, eps, chunk_size)
+    value = METHODS[method](mu, logvar, eps, chunk_size)
+    return float(value) if arrays else value
 
 
 def draw_mc_noise(mu: Tensor, n_samples: int, generator: torch.Generator | None) -> Tensor:
@@ -460,12 +482,13 @@ def draw_mc_noise(mu: Tensor, n_samples: int, generator: torch.Generator | None)
     return torch.randn((n_samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
 
 
-def mixture_entropy(mu: Tensor, logvar: Tensor, **options) -> Tensor:
+def mixture_entropy(mu: Tensor | np.ndarray, logvar: Tensor | np.ndarray, **options) -> Tensor | float:
     """H(z) in nats of the mixture of N(mu_i, diag exp(logvar_i)): the mean exact conditional entropy plus
     I(x; z) by `mutual_information(mu, logvar, **options)` (method=..., generator, n_samples, chunk_size).
-    (N, D), (N, D) -> scalar."""
-    information = mutual_information(mu, logvar, **options)
-    return conditional_entropy(logvar).mean() + information
+    (N, D), (N, D) -> scalar, a tensor or (for NumPy arrays) a float, as `mutual_information`'s."""
+    mu, logvar, arrays = _as_tensors(mu, logvar)
+    entropy = conditional_entropy(logvar).mean() + mutual_information(mu, logvar, **options)
+    return float(entropy) if arrays else entropy
 
 
 # The estimates `ipae info` and the experiments report: the lower bound, Monte Carlo, the upper bounds.
