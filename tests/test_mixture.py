@@ -1,12 +1,23 @@
 import math
+import warnings
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipae.information import information_potential, reparameterise
-from ipae.mixture import CHUNK_SIZE, METHODS, bhattacharyya_distance, draw_mc_noise, mixture_entropy, mutual_information, pairwise_kl
+from ipae.mixture import (
+    CHUNK_SIZE,
+    DEFAULT_SEED,
+    METHODS,
+    bhattacharyya_distance,
+    draw_mc_noise,
+    mixture_entropy,
+    mutual_information,
+    pairwise_kl,
+)
 from references import bhattacharyya, kl
 
 F64 = torch.float64
@@ -217,7 +228,6 @@ def test_a_large_batch_in_float32():
     [
         ({"method": "kde"}, "unknown method 'kde'"),
         ({"method": "jensen", "chunk_size": 0}, "chunk_size"),
-        ({"method": "mc"}, "needs a generator"),
         ({"method": "mc", "generator": torch.Generator(), "n_samples": 0}, "n_samples"),
     ],
 )
@@ -236,6 +246,12 @@ def test_draw_mc_noise_refuses_no_samples(n_samples):
 def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="shape"):
         mutual_information(torch.zeros(4), torch.zeros(4), method="jensen")
+    with pytest.raises(ValueError, match="floating-point, got torch.int64"):
+        mutual_information(torch.zeros(4, 2, dtype=torch.int64), torch.zeros(4, 2), method="mc")
+    with pytest.raises(TypeError, match="must both be tensors or both NumPy arrays, got ndarray and Tensor"):
+        mutual_information(np.zeros((4, 2)), torch.zeros(4, 2), method="jensen")
+    with pytest.raises(TypeError, match="got list and list"):
+        mutual_information([[0.0]], [[0.0]], method="jensen")
     with pytest.raises(ValueError, match="shape of mu"):
         mutual_information(torch.zeros(4, 2), torch.zeros(4, 3), method="jensen")
     with pytest.raises(ValueError, match="finite"):
@@ -402,3 +418,51 @@ def test_memory_is_a_tile_and_the_features_never_n_squared(method):
     # the bound: four tiles (buffer and Bhattacharyya's scratch), the features, and per-point vectors
     assert peak <= 4 * tile + 2 * features + 64 * n * 8, peak
     assert peak < n * n * 8 / 50
+
+
+@pytest.mark.parametrize("method", ["mc", "loo"])
+def test_without_a_generator_the_draws_come_from_a_fresh_seeded_one_and_leave_the_global_one_alone(method):
+    mu, logvar = _gaussians(30, 3, seed=43)
+    state = torch.get_rng_state()
+    first = mutual_information(mu, logvar, method=method, n_samples=2)
+    second = mutual_information(mu, logvar, method=method, n_samples=2)
+    assert torch.equal(torch.get_rng_state(), state)  # torch's global generator neither read nor advanced
+    assert torch.equal(first, second)
+    # exactly the draws of torch.Generator().manual_seed(DEFAULT_SEED), checked against the loops
+    seeded = mutual_information(mu, logvar, method=method, n_samples=2, generator=torch.Generator().manual_seed(DEFAULT_SEED))
+    assert torch.equal(first, seeded)
+    eps = torch.randn((2, 30, 3), generator=torch.Generator().manual_seed(DEFAULT_SEED), dtype=F64)
+    assert float(first) == pytest.approx(_stable_reference(method, mu, logvar, eps), rel=1e-9)
+    other = mutual_information(mu, logvar, method=method, n_samples=2, generator=torch.Generator().manual_seed(DEFAULT_SEED + 1))
+    assert float(other) != pytest.approx(float(first), rel=1e-6)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_numpy_arrays_give_a_float_equal_to_the_tensors_value(method):
+    mu, logvar = _gaussians(25, 3, seed=44)
+
+    def estimate(m, lv):
+        return mutual_information(m, lv, method=method, generator=torch.Generator().manual_seed(45), n_samples=2)
+
+    expected = estimate(mu, logvar)
+    assert isinstance(expected, torch.Tensor)
+    arrays = mu.numpy(), logvar.numpy()
+    for array in arrays:
+        array.flags.writeable = False  # read-only arrays (np.load with mmap_mode, views): no warning from torch
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        found = estimate(*arrays)
+    assert type(found) is float and found == float(expected)
+    # float32 arrays are computed in float32; integer arrays in float64
+    found32, expected32 = estimate(*(a.astype(np.float32) for a in arrays)), estimate(mu.float(), logvar.float())
+    assert type(found32) is float and found32 == float(expected32)
+    rounded = mutual_information(*(np.rint(4 * a).astype(np.int64) for a in arrays), method=method, n_samples=2)
+    assert rounded == float(mutual_information(torch.round(4 * mu), torch.round(4 * logvar), method=method, n_samples=2))
+
+
+def test_mixture_entropy_of_numpy_arrays_is_a_float():
+    mu, logvar = _gaussians(6, 2, seed=46)
+    expected = mixture_entropy(mu, logvar, method="pairwise-kl")
+    found = mixture_entropy(mu.numpy(), logvar.numpy(), method="pairwise-kl")
+    assert type(found) is float and found == float(expected)
+    assert mixture_entropy(mu.numpy(), logvar.numpy(), method="mc") == float(mixture_entropy(mu, logvar, method="mc"))

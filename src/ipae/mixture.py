@@ -20,10 +20,11 @@ Two codes compute them, with the same values (tests: 1e-6 relative in float64, i
 - where autograd records (an input requires grad, grad mode on), block by block, chunk_size x chunk_size
   pairs at a time, with a running log-sum-exp over the partner blocks;
 - otherwise in tiles of chunk_size partners and chunk_size^2 bytes that stay in the cache, each made by one
-  matmul of augmented features (KL, Monte Carlo) or by a few passes per dimension (Bhattacharyya), then
-  exponentiated in place and summed into their rows.
-All functions are differentiable, deterministic (except "mc" and "loo", which draw from a given
-generator), and run in the input's dtype on its device.
+  matmul of augmented features (KL, Monte Carlo) or by a few passes per dimension (Bhattacharyya), with the
+  exponents in base 2, then raised in place (exp2) and summed into their rows.
+All functions are differentiable, deterministic (except "mc" and "loo", which draw from a generator), and
+run in the input's dtype on its device. `mutual_information` and `mixture_entropy` also take NumPy arrays,
+and then return a float.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -39,9 +41,24 @@ from ipae.information import conditional_entropy, reparameterise
 __all__ = ["mixture_entropy"]  # and ipae.mutual_information
 
 CHUNK_SIZE = 1024  # 1024 x 1024 pairs a block: 8 MiB per float64 matrix; tiles of 1024 partners: 1 MiB
+DEFAULT_SEED = 0  # "mc" and "loo" without a generator draw from a fresh one seeded with this: the same codes, the same value
+
+
+def _as_tensors(mu: Tensor | np.ndarray, logvar: Tensor | np.ndarray) -> tuple[Tensor, Tensor, bool]:
+    """mu and logvar as tensors, and whether they came as NumPy arrays (whose estimate is then returned as a float).
+    Arrays keep float32 or float64 and are copied (they may be read-only); other dtypes become float64."""
+    arrays = [isinstance(x, np.ndarray) for x in (mu, logvar)]
+    if all(arrays):
+        converted = (torch.tensor(x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)) for x in (mu, logvar))
+        return *converted, True
+    if any(arrays) or not all(isinstance(x, Tensor) for x in (mu, logvar)):
+        raise TypeError(f"mu and logvar must both be tensors or both NumPy arrays, got {type(mu).__name__} and {type(logvar).__name__}")
+    return mu, logvar, False
 
 
 def _check(mu: Tensor, logvar: Tensor, chunk_size: int) -> None:
+    if not (mu.is_floating_point() and logvar.is_floating_point()):
+        raise ValueError(f"mu and logvar must be floating-point, got {mu.dtype} and {logvar.dtype}")
     if mu.ndim != 2 or mu.shape[0] == 0 or mu.shape[1] == 0:
         raise ValueError(f"mu must have shape (N, D) with N, D >= 1, got {tuple(mu.shape)}")
     if logvar.shape != mu.shape:
@@ -161,6 +178,11 @@ def _log_sum_of_others(z: Tensor, own: Tensor, mu: Tensor, logvar: Tensor, chunk
 # a few times while it is in the cache, where the block code above makes several chunk_size^2 temporaries.
 # For KL and Monte Carlo the tile is one matmul of augmented features (K = 2 D + 2), so a pair costs a row of
 # that matmul, one exp and one add. With a graph to record, the block code runs: autograd keeps its blocks.
+# The tiles hold their exponents in base 2 (log2 e folded into the features) and are raised with exp2: torch's
+# exp2 runs 2 to 3 times faster than its exp on CPUs where exp goes through MKL's vector library (AMD EPYC:
+# 0.33 against 0.9 ns per float32), and the sums are the same sums of e^x.
+
+LOG2E = 1 / math.log(2)
 
 
 def _recording(*tensors: Tensor) -> bool:
@@ -173,10 +195,10 @@ def _tile_rows(chunk_size: int, dtype: torch.dtype) -> int:
 
 
 def _smallest_exponent(dtype: torch.dtype) -> float:
-    """The floor of the exponents: exps that land at or below the smallest normal number take a slow path (x86,
-    float32 and float64), so they are raised to e times it, which adds at most N e tiny to a row's sum; a sum is
-    kept only where that is below its rounding error (`_log_sum_exp_rows`)."""
-    return math.log(torch.finfo(dtype).tiny) + 1
+    """The floor of the base-2 exponents: powers that land at or below the smallest normal number take a slow path
+    (x86, float32 and float64), so they are raised to 2 times it, which adds at most 2 N tiny to a row's sum; a sum
+    is kept only where that is below its rounding error (`_log_sum_exp_rows`)."""
+    return math.log2(torch.finfo(dtype).tiny) + 1
 
 
 def _own_positions(own: Tensor, chunk_size: int) -> dict[int, tuple[Tensor, Tensor]]:
@@ -192,7 +214,7 @@ def _own_positions(own: Tensor, chunk_size: int) -> dict[int, tuple[Tensor, Tens
 def _tile_pass(
     state, fill, own: Tensor | None, n_columns: int, chunk_size: int, buffer: Tensor, *, maximum: bool = False, shift: Tensor | None = None
 ) -> Tensor:
-    """sum_j exp(x_ij - shift_i), or max_j x_ij, over the partner blocks of one tile of rows, the entries (i, own_i)
+    """sum_j 2^(x_ij - shift_i), or max_j x_ij, over the partner blocks of one tile of rows, the entries (i, own_i)
     left out: -> (I,)."""
     masked = {} if own is None else _own_positions(own, chunk_size)
     smallest = _smallest_exponent(buffer.dtype)
@@ -209,7 +231,7 @@ def _tile_pass(
         else:
             if shift is not None:
                 tile.sub_(shift[:, None])
-            tile.clamp_min_(smallest).exp_()
+            tile.clamp_min_(smallest).exp2_()
             if rows is not None:
                 tile[rows, columns] = 0.0
             block = tile.sum(dim=1)
@@ -218,11 +240,12 @@ def _tile_pass(
 
 
 def _log_sum_exp_rows(prepare, fill, n_rows: int, n_columns: int, chunk_size: int, rows: int, dtype: torch.dtype, device) -> Tensor:
-    """log sum_{j != own_i} exp(x_ij) for every row of an (n_rows, n_columns) matrix x that is made tile by tile and
-    never stored, `rows` x chunk_size entries at a time: prepare(index) -> (state, own or None) for a slice or an
-    index of rows, fill(state, start, stop, buffer) -> x[rows, start:stop] written into the buffer. -> (n_rows,)
+    """ln sum_{j != own_i} 2^x_ij for every row of an (n_rows, n_columns) matrix x of base-2 exponents that is made
+    tile by tile and never stored, `rows` x chunk_size entries at a time: prepare(index) -> (state, own or None) for
+    a slice or an index of rows, fill(state, start, stop, buffer) -> x[rows, start:stop] written into the buffer.
+    -> (n_rows,), natural logs.
 
-    The entries are exponentiated without a shift: the callers arrange x_ij <= 0 with a row's largest entry near
+    The entries are raised without a shift: the callers arrange x_ij <= 0 with a row's largest entry near
     0 (a component against itself, or the draw's own density). Rows whose sum overflows or is too small to hold
     its terms' digits (all partners far away) are done again with their maximum as the shift: a max pass, then
     the sum pass."""
@@ -233,7 +256,7 @@ def _log_sum_exp_rows(prepare, fill, n_rows: int, n_columns: int, chunk_size: in
         state, own = prepare(index)
         sums[index] = _tile_pass(state, fill, own, n_columns, chunk_size, buffer)
     # below this, the raised terms could hold more than a rounding error of the sum
-    retry = ~(sums >= n_columns * math.exp(_smallest_exponent(dtype)) / torch.finfo(dtype).eps) | sums.isinf()
+    retry = ~(sums >= n_columns * 2 ** _smallest_exponent(dtype) / torch.finfo(dtype).eps) | sums.isinf()
     log_sums = sums.log_()
     if retry.any():
         again = retry.nonzero().squeeze(1)
@@ -242,7 +265,7 @@ def _log_sum_exp_rows(prepare, fill, n_rows: int, n_columns: int, chunk_size: in
             state, own = prepare(index)
             maxima = _tile_pass(state, fill, own, n_columns, chunk_size, buffer, maximum=True)  # (I,)
             shift = torch.where(maxima.isfinite(), maxima, 0.0)  # -inf: no partner at all, the sum is 0
-            log_sums[index] = _tile_pass(state, fill, own, n_columns, chunk_size, buffer, shift=shift).log() + shift
+            log_sums[index] = _tile_pass(state, fill, own, n_columns, chunk_size, buffer, shift=shift).log() + shift / LOG2E
     return log_sums
 
 
@@ -257,14 +280,15 @@ def _gemm_fill(partners: Tensor):
 
 
 def _partner_features(mu: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor]:
-    """The features b_j = [w_j, w_j m_j, -(sum_d w_j m_j^2 + logvar_j) / 2, 1] (N, 2 D + 2), w = exp(-logvar),
+    """The features b_j = log2(e) [w_j, w_j m_j, -(sum_d w_j m_j^2 + logvar_j) / 2, 1] (N, 2 D + 2), w = exp(-logvar),
     of the means m = mu - centre, centred on the precision-weighted mean (D,) so that the expanded squares
-    do not cancel when the means share an offset."""
+    do not cancel when the means share an offset. The factor log2(e) makes a_i . b_j a base-2 exponent."""
     precision = (-logvar).exp()  # (N, D)
     centre = (precision * mu).sum(dim=0) / precision.sum(dim=0)  # (D,)
     weighted = precision * (mu - centre)  # (N, D)
     constant = -0.5 * ((weighted * (mu - centre)).sum(dim=1) + logvar.sum(dim=1))  # (N,)
-    return torch.cat([precision, weighted, constant[:, None], torch.ones_like(constant)[:, None]], dim=1), centre
+    features = torch.cat([precision, weighted, constant[:, None], torch.ones_like(constant)[:, None]], dim=1)
+    return features.mul_(LOG2E), centre
 
 
 def _fast_pairwise_kl(mu: Tensor, logvar: Tensor, chunk_size: int) -> Tensor:
@@ -318,12 +342,13 @@ def _fast_bhattacharyya(mu: Tensor, logvar: Tensor, chunk_size: int) -> Tensor:
 
     With s' = s / g and m' = m / g^0.5 for a scale g per dimension (the middle of logvar's range),
     -BD_ij = c_i + c_j - sum_d (m'_i - m'_j)^2 / (4 t'_d) - log(prod_d t'_d) / 2, t' = s'_i + s'_j and
-    c = sum_d log(2 s') / 4: one log per run of dimensions (`_product_groups`) instead of one per dimension."""
+    c = sum_d log(2 s') / 4: one log per run of dimensions (`_product_groups`) instead of one per dimension.
+    The tiles hold -BD_ij log2(e), with log2 for the log."""
     n, d = mu.shape
     middle = 0.5 * (logvar.amax(dim=0) + logvar.amin(dim=0))  # (D,): log g
     variance = (logvar - middle).exp()  # (N, D): s'
     mean = (mu - mu.mean(dim=0)) * (-0.5 * middle).exp()  # (N, D): m'
-    constant = 0.25 * (logvar - middle + math.log(2)).sum(dim=1)  # (N,): c
+    constant = 0.25 * LOG2E * (logvar - middle + math.log(2)).sum(dim=1)  # (N,): c log2(e)
     variance_t, mean_t = variance.T.contiguous(), mean.T.contiguous()  # (D, N): a dimension's partners in a row
     groups = _product_groups(logvar, mu.dtype)
     rows = _tile_rows(chunk_size, mu.dtype)
@@ -345,10 +370,10 @@ def _fast_bhattacharyya(mu: Tensor, logvar: Tensor, chunk_size: int) -> Tensor:
                 t = total if k else product  # the group's first t' starts the product
                 torch.add(variance_i[dim], variance_j[dim], out=t)
                 torch.sub(mean_i[dim], mean_j[dim], out=difference)
-                tile.addcdiv_(difference.mul_(difference), t, value=-0.25)
+                tile.addcdiv_(difference.mul_(difference), t, value=-0.25 * LOG2E)
                 if k:
                     product.mul_(total)
-            tile.add_(product.log_(), alpha=-0.5)
+            tile.add_(product.log2_(), alpha=-0.5)
         return tile
 
     return _log_sum_exp_rows(prepare, fill, n, n, chunk_size, rows, mu.dtype, mu.device)
@@ -411,29 +436,34 @@ DRAWING = ("mc", "loo")  # the methods that read standard-normal draws
 
 
 def mutual_information(
-    mu: Tensor,
-    logvar: Tensor,
+    mu: Tensor | np.ndarray,
+    logvar: Tensor | np.ndarray,
     *,
     method: str,
     generator: torch.Generator | None = None,
     n_samples: int = 1,
     chunk_size: int = CHUNK_SIZE,
-) -> Tensor:
-    """I(x; z) in nats of the mixture of N(mu_i, diag exp(logvar_i)): (N, D), (N, D) -> scalar.
+) -> Tensor | float:
+    """I(x; z) in nats of the mixture of N(mu_i, diag exp(logvar_i)): (N, D), (N, D) -> scalar, a 0-d tensor
+    (differentiable) for tensors, a float for NumPy arrays.
 
     `method`: a key of METHODS. Cost: "jensen" O(N D) time and memory; "pairwise-kl" O(N^2 D) time,
     O(N D + chunk_size^2) memory; "bhattacharyya" the same;
-    "mc" and "loo" O(n_samples N^2 D) time, O(n_samples N D + chunk_size^2) memory, draw from `generator`.
+    "mc" and "loo" O(n_samples N^2 D) time, O(n_samples N D + chunk_size^2) memory, draw n_samples points per
+    code from `generator`, or without one from a fresh generator on mu's device seeded with DEFAULT_SEED: the
+    same codes give the same value, and torch's global generator is neither read nor advanced.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    mu, logvar, arrays = _as_tensors(mu, logvar)
     _check(mu, logvar, chunk_size)
     eps = None
     if method in DRAWING:
         if generator is None:
-            raise ValueError(f'method "{method}" needs a generator (torch.Generator) for its draws')
+            generator = torch.Generator(device=mu.device).manual_seed(DEFAULT_SEED)
         eps = draw_mc_noise(mu, n_samples, generator)
-    return METHODS[method](mu, logvar, eps, chunk_size)
+    value = METHODS[method](mu, logvar, eps, chunk_size)
+    return float(value) if arrays else value
 
 
 def draw_mc_noise(mu: Tensor, n_samples: int, generator: torch.Generator | None) -> Tensor:
@@ -443,12 +473,13 @@ def draw_mc_noise(mu: Tensor, n_samples: int, generator: torch.Generator | None)
     return torch.randn((n_samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
 
 
-def mixture_entropy(mu: Tensor, logvar: Tensor, **options) -> Tensor:
+def mixture_entropy(mu: Tensor | np.ndarray, logvar: Tensor | np.ndarray, **options) -> Tensor | float:
     """H(z) in nats of the mixture of N(mu_i, diag exp(logvar_i)): the mean exact conditional entropy plus
     I(x; z) by `mutual_information(mu, logvar, **options)` (method=..., generator, n_samples, chunk_size).
-    (N, D), (N, D) -> scalar."""
-    information = mutual_information(mu, logvar, **options)
-    return conditional_entropy(logvar).mean() + information
+    (N, D), (N, D) -> scalar, a tensor or (for NumPy arrays) a float, as `mutual_information`'s."""
+    mu, logvar, arrays = _as_tensors(mu, logvar)
+    entropy = conditional_entropy(logvar).mean() + mutual_information(mu, logvar, **options)
+    return float(entropy) if arrays else entropy
 
 
 # The estimates `ipae info` and the experiments report: the lower bound, Monte Carlo, the upper bounds.
