@@ -239,7 +239,7 @@ def test_bad_options_are_refused(kwargs, message):
 
 @pytest.mark.parametrize("n_samples", [0, -1])
 def test_draw_mc_noise_refuses_no_samples(n_samples):
-    with pytest.raises(ValueError, match="n_samples must be >= 1"):
+    with pytest.raises(ValueError, match="n_samples must be an integer >= 1"):
         draw_mc_noise(torch.zeros(4, 2), n_samples, torch.Generator())
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ipae._validation import check_positive_int
 from ipae.information import conditional_entropy, reparameterise
 
 __all__ = ["mixture_entropy"]  # and ipae.mutual_information
@@ -65,8 +66,7 @@ def _check(mu: Tensor, logvar: Tensor, chunk_size: int) -> None:
         raise ValueError(f"logvar must have the shape of mu {tuple(mu.shape)}, got {tuple(logvar.shape)}")
     if not (torch.isfinite(mu).all() and torch.isfinite(logvar).all()):
         raise ValueError("mu and logvar must be finite (no NaN or inf)")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    check_positive_int("chunk_size", chunk_size)
 
 
 def _weighted_square_distance(a: Tensor, b: Tensor, weight: Tensor) -> Tensor:
@@ -468,8 +468,7 @@ def mutual_information(
 
 def draw_mc_noise(mu: Tensor, n_samples: int, generator: torch.Generator | None) -> Tensor:
     """The standard-normal draws of the "mc" estimate: (S, N, D) for mu (N, D), in mu's dtype, on its device."""
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    check_positive_int("n_samples", n_samples)
     return torch.randn((n_samples, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)
 
 
