@@ -192,7 +192,8 @@ def _build_parser() -> argparse.ArgumentParser:
         type=Path,
         nargs="+",
         metavar="RUN",
-        help="a run directory (ipae fit, ipae toy), a training log (.jsonl), or a sweep's cell directory (repeat-R.jsonl)",
+        help="a run directory (ipae fit, ipae toy), a training log (.jsonl), or a sweep's cell directory (repeat-R.jsonl); "
+        "the runs of one repeat of a rate-matched sweep (SWEEP/runs/*/repeat-R) are drawn one colour per model",
     )
     plot.add_argument("--out", type=Path, required=True, help="the .png file to write")
     plot.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -403,6 +404,7 @@ HELDOUT_SCALARS = {
 
 
 def _plot(args) -> int:
+    from ipae.experiments.rate_matched import trajectory_plot
     from ipae.plotting import plot_runs
 
     if args.out.suffix.lower() != ".png":
@@ -411,7 +413,8 @@ def _plot(args) -> int:
         raise FileExistsError(f"{args.out} already exists; pass --overwrite to replace it")
     if args.out.is_dir():
         raise IsADirectoryError(f"{args.out} is a directory; name a .png file")
-    plot_runs(args.runs, args.out)
+    study = trajectory_plot(args.runs)  # one repeat of a rate-matched sweep: drawn as its summary draws it
+    plot_runs(**(study or {"paths": args.runs}), out=args.out)
     print(f"{len(args.runs)} run{'s' if len(args.runs) > 1 else ''} -> {args.out}")
     return 0
 
