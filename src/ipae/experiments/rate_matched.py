@@ -126,9 +126,9 @@ MATCHED_COLUMNS += ("better", "worse", "tied", "p_t", "p_holm", "p_sign")
 SWEEP_SETTINGS = ("dataset", "steps", "seed", "precision")
 TRAJECTORIES = "trajectories.png"
 # The held-out points a toy run's training monitor measures, of the 5000 its record measures. All 5000
-# (D = 16) every 500 steps cost about 14 % of the training time (benchmarks/monitor.py --preset toy); the
-# estimators are quadratic in N, so half of them cost a quarter of that, with log N = 7.8 nats still
-# above the toy's unsaturated rates. MNIST runs measure all their points (3842 for mnist134, D = 8: about 1.3 %).
+# (D = 16) every 500 steps cost 14.5 % of the training time (benchmarks/monitor.py --preset toy, one
+# shared core); the estimators are quadratic in N, so 2500 cost 4.6 %, with log N = 7.8 nats still above
+# the toy's unsaturated rates. MNIST runs measure all their points (3842 for mnist134, D = 8: about 1.5 %).
 TOY_MONITOR_POINTS = 2500
 
 
