@@ -147,12 +147,9 @@ def draw_runs(figure: Figure, runs: Sequence[RunLog], *, title: str | None = Non
 
 def _colours(runs: Sequence[RunLog]) -> list[str]:
     """Each run's colour: one per group, or per run without a group, in the order they first appear."""
-    keys = list(dict.fromkeys(_key(run) for run in runs))
-    return [f"C{keys.index(_key(run)) % 10}" for run in runs]
-
-
-def _key(run: RunLog) -> tuple[str, str]:
-    return ("group", run.group) if run.group is not None else ("run", run.label)
+    keys = [("group", run.group) if run.group is not None else ("run", index) for index, run in enumerate(runs)]
+    order = list(dict.fromkeys(keys))
+    return [f"C{order.index(key) % 10}" for key in keys]
 
 
 def _tag(run: RunLog) -> str:
@@ -163,9 +160,9 @@ def _tag(run: RunLog) -> str:
 def _legend_entry(handles: dict, run: RunLog, colour: str, **style) -> None:
     """The run's legend entry, or its group's (once, as a line in the group's colour)."""
     if run.group is None:
-        handles[_key(run)] = Line2D([], [], color=colour, **style)
+        handles[("run", len(handles))] = Line2D([], [], color=colour, **style)
     else:
-        handles.setdefault(_key(run), Line2D([], [], color=colour, label=run.group))
+        handles.setdefault(("group", run.group), Line2D([], [], color=colour, label=run.group))
 
 
 def _draw_plane(axes, runs: Sequence[RunLog], colours: list[str]) -> None:
