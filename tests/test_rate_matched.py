@@ -284,6 +284,13 @@ def test_records_of_code_that_did_not_monitor_are_summarised_without_trajectorie
     assert again["trajectories"] == skipped and report(again).endswith(skipped)
     assert not (old / "trajectories.png").exists()
     assert again["cells"] == result["cells"] and again["matched"] == result["matched"]
+    # drawn, one colour per model, at their records' final I(x; z)
+    figure = plot_runs(**trajectory_plot(sorted((old / "runs").glob("*/repeat-0"))), out=tmp_path / "old.png")
+    record = json.loads((old / "runs" / "vae-beta0.1" / "repeat-0" / "metrics.json").read_text())
+    final = _series(figure)["vae β=0.1|final"]
+    assert (list(final.get_xdata()), list(final.get_ydata())) == ([record["distortion"]], [record["I_mc"]])
+    texts = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert texts[:4] == list(TINY_GRIDS) and "final I(x; z) only (not measured while training)" in texts
     for log in (old / "runs").glob("*/repeat-*/metrics.jsonl"):  # committed records: no log at all
         log.unlink()
     assert reproduce_rate_matched(old, MONITORED, dataset="toy", grids=TINY_GRIDS, repeats=2, progress=False)["trajectories"] == skipped

@@ -166,7 +166,7 @@ def _legend_entry(handles: dict, run: RunLog, colour: str, **style) -> None:
 
 
 def _draw_plane(axes, runs: Sequence[RunLog], colours: list[str]) -> None:
-    handles, log_ns, any_saturated, any_path = {}, set(), False, False
+    handles, log_ns, any_saturated, any_path, grouped_final = {}, set(), False, False, False
     for run, colour in zip(runs, colours, strict=True):
         path = run.trajectory()
         if len(path["step"]):
@@ -199,6 +199,7 @@ def _draw_plane(axes, runs: Sequence[RunLog], colours: list[str]) -> None:
         axes.plot([point["distortion"]], [point["I_mc"]], "s", color=colour, markersize=5, gid=f"{run.label}|final")
         log_ns.add(point["I_log_n"])
         any_saturated |= bool(point.get("I_saturated"))
+        grouped_final |= run.group is not None
         _legend_entry(handles, run, colour, marker="s", linestyle="none", label=f"{run.label} (final only)")
     handles = list(handles.values())
     for log_n in sorted(log_ns):
@@ -215,6 +216,8 @@ def _draw_plane(axes, runs: Sequence[RunLog], colours: list[str]) -> None:
         )
     elif log_ns:
         handles.append(Line2D([], [], color="grey", label="bounds (Bhattacharyya, pairwise KL)"))
+    if grouped_final:
+        handles.append(Line2D([], [], color="grey", marker="s", linestyle="none", label="final I(x; z) only (not measured while training)"))
     if log_ns:
         handles.append(Line2D([], [], color="grey", linestyle="--", label="log N: the most N points can show"))
     if any_saturated:
