@@ -1,6 +1,7 @@
 """What monitoring I(x; z) while training costs: the MNIST preset trained with and without `train(monitor=...)`.
 
     python benchmarks/monitor.py                       # 1000 steps, 5000 held-out points every 500 steps
+    python benchmarks/monitor.py --preset toy --points 2500   # the toy preset, as the rate-matched study monitors it
     python benchmarks/monitor.py --steps 5000          # the whole preset run, measured end to end
     python benchmarks/monitor.py --steps 40 --every 20 --points 500 --repeats 1   # a quick check that it runs
 
@@ -13,6 +14,9 @@ warm-up run each. Printed: the training seconds of each run, the seconds the mea
 (`monitor_seconds` of the records), the measured overhead (monitored / plain - 1), and the overhead the
 paper's 5000-step run would have at `--every`: its number of measurements times the median measurement
 over 5000 plain steps. The weights of the paired runs are checked to be equal bit for bit.
+`--preset toy`: the toy preset (2-2048-16, squared error) on the paper's 25-Gaussian mixture (seed 0),
+monitoring `--points` of a second draw of 5000 (seed 1), evenly spaced over its components, as
+`ipae.experiments.toy.run_toy(monitor_points=...)` picks them.
 
 On a machine where other jobs share the cores the times vary from run to run: read the spread.
 """
@@ -25,9 +29,11 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ipae.data.mnist import PAPER_DIGITS, PAPER_N_TRAIN, load_mnist
+from ipae.data.toy import gaussian_grid
 from ipae.models import AutoEncoder
 from ipae.reporting import cpu_name
 from ipae.runtime import keep_freed_memory
@@ -39,6 +45,7 @@ PAPER_STEPS = 5000
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=("mnist", "toy"), default="mnist", help="the model and its data (default mnist)")
     parser.add_argument("--steps", type=int, default=1000, help="training steps per run (default 1000)")
     parser.add_argument("--every", type=int, default=TrainConfig.monitor_every, help="steps between measurements (default 500)")
     parser.add_argument("--points", type=int, default=5000, help="held-out points measured (default 5000)")
@@ -52,8 +59,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _run(x: torch.Tensor, held_out: torch.Tensor | None, config: TrainConfig) -> tuple[float, list[dict], dict]:
-    model = AutoEncoder.from_preset("mnist", seed=0)
+def _run(preset: str, x: torch.Tensor, held_out: torch.Tensor | None, config: TrainConfig) -> tuple[float, list[dict], dict]:
+    model = AutoEncoder.from_preset(preset, seed=0)
     result = train(model, x, config, monitor=held_out)
     return result.seconds, result.monitor, {name: tensor.clone() for name, tensor in model.state_dict().items()}
 
@@ -62,22 +69,28 @@ def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     keep_freed_memory()  # as the `ipae` command does
     torch.set_num_threads(args.threads)
-    splits = load_mnist(args.data_dir, digits=PAPER_DIGITS, n_train=PAPER_N_TRAIN, seed=0)
-    x = torch.from_numpy(splits.x_train)
-    held_out = torch.from_numpy(load_mnist(args.data_dir).x_test[: args.points])
+    if args.preset == "toy":
+        x, pool = gaussian_grid(seed=0).x, gaussian_grid(seed=1).x
+        held_out = pool[np.linspace(0, len(pool) - 1, min(args.points, len(pool))).round().astype(np.int64)]
+        what = f"toy preset on {len(x)} points"
+    else:
+        splits = load_mnist(args.data_dir, digits=PAPER_DIGITS, n_train=PAPER_N_TRAIN, seed=0)
+        x = torch.from_numpy(splits.x_train)
+        held_out = torch.from_numpy(load_mnist(args.data_dir).x_test[: args.points])
+        what = f"MNIST preset on {len(x)} images"
     config = TrainConfig(
         steps=args.steps, log_every=math.gcd(TrainConfig.log_every, args.every), monitor_every=args.every, monitor_samples=args.samples
     )
     print(f"CPU: {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}), {args.threads} torch threads; torch {torch.__version__}")
     print(f"command: python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:] if argv is None else argv)}")
-    print(f"MNIST preset on {len(x)} images, {args.steps} steps; monitor: {len(held_out)} held-out points every {args.every} steps")
+    print(f"{what}, {args.steps} steps; monitor: {len(held_out)} held-out points every {args.every} steps")
     warm = TrainConfig(steps=min(args.steps, 20), log_every=min(args.steps, 20), monitor_every=min(args.steps, 20))
-    _run(x, None, warm)
-    _run(x, held_out[:100], warm)
+    _run(args.preset, x, None, warm)
+    _run(args.preset, x, held_out[:100], warm)
     plain_seconds, monitored_seconds, measurement_seconds = [], [], []
     for repeat in range(args.repeats):
-        plain, _, plain_weights = _run(x, None, config)
-        monitored, records, monitored_weights = _run(x, held_out, config)
+        plain, _, plain_weights = _run(args.preset, x, None, config)
+        monitored, records, monitored_weights = _run(args.preset, x, held_out, config)
         if any(not torch.equal(plain_weights[name], monitored_weights[name]) for name in plain_weights):
             print("FAIL: the monitored run's weights differ from the plain run's")
             return 1

@@ -183,3 +183,22 @@ def test_what_is_no_run_is_refused(tmp_path):
     with pytest.raises(ValueError, match="no runs"):
         plot_runs([], tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
+
+
+def test_runs_of_a_group_share_a_colour_and_a_legend_entry_and_other_runs_have_their_own(tmp_path):
+    measured = {"I_mc": 1.0, "I_lower": 0.5, "I_upper": 1.5, "I_log_n": math.log(50), "I_saturated": False, "heldout_distortion": 0.3}
+    for name in "abcd":
+        _write(tmp_path / name / "metrics.jsonl", _log([100, 200], **measured))
+    labels, groups = ["x β=1", "x β=2", "same", "same"], ["x", "x", None, None]
+    figure = plot_runs([tmp_path / name for name in "abcd"], tmp_path / "groups.png", labels=labels, groups=groups, title="four runs")
+    assert_figure_size(tmp_path / "groups.png", figure)
+    assert figure.get_suptitle() == "four runs"
+    plane, curves = figure.axes
+    paths = [line for line in plane.get_lines() if line.get_gid() and line.get_gid().endswith("|I_mc")]
+    assert [line.get_color() for line in paths] == ["C0", "C0", "C1", "C2"]  # the two "same" runs are two runs
+    for axes in (plane, curves):
+        assert legend_texts(axes)[:3] == ["x", "same", "same"]
+    marks = [text.get_text() for text in plane.texts if not text.get_text().startswith("log N")]
+    assert marks == ["β=1", "β=2", "100", "200", "100", "200"]  # a grouped path's end: its run; another's: its first and last step
+    with pytest.raises(ValueError, match="3 groups for 4 runs"):
+        plot_runs([tmp_path / name for name in "abcd"], tmp_path / "bad.png", groups=groups[:3])

@@ -1,17 +1,22 @@
 """The rate-matched comparison: each run paired with its repeat's VAE at its own measured rate, never
-extrapolated; Holm; saturated runs left out; provenance; held-out points; a tiny sweep end to end (resumed)."""
+extrapolated; Holm; saturated runs left out; provenance; held-out points; a tiny sweep end to end (resumed);
+runs monitored while training with the weights of unmonitored ones; one repeat's trajectories drawn from their logs."""
 
 import hashlib
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
+from ipae.cli import main
 from ipae.data.mnist import PAPER_DIGITS, PAPER_N_TRAIN, load_mnist
 from ipae.data.toy import gaussian_grid
 from ipae.evaluation import holm
-from ipae.experiments import toy
+from ipae.experiments import mnist, toy
 from ipae.experiments.mnist import held_out, information_points
 from ipae.experiments.rate_matched import (
     Matching,
@@ -19,9 +24,15 @@ from ipae.experiments.rate_matched import (
     interpolation_check,
     matched_comparison,
     matched_runs,
+    model_cell,
     reference_cells,
+    report,
     reproduce_rate_matched,
+    trajectory_plot,
 )
+from ipae.experiments.runs import Run, child_seeds
+from ipae.plotting import plot_runs
+from ipae.rates import InformationPotential, PriorKL
 from ipae.training import TrainConfig
 from mnist_files import REAL_MNIST, needs_mnist
 
@@ -186,3 +197,157 @@ def test_the_primary_matching_reads_only_the_named_vae_cells():
         row["model"]: row for row in interpolation_check(records, "E", lower_is_better=True) if row["matching"].startswith("linear, every")
     }
     assert rows[0]["difference"] == pytest.approx(wide[rows[0]["model"]]["difference"])
+
+
+# monitoring while training, and the trajectories of one repeat in the information plane
+
+MONITORED = TrainConfig(steps=20, batch_size=32, log_every=5, monitor_every=10, progress=False)
+TINY_GRIDS = {"vae": (0.1, 10.0), "ip1": (0.01,), "ip8": (0.01,), "pairwise-kl": (1.0,)}
+
+
+@pytest.fixture(scope="module")
+def monitored_sweep(tmp_path_factory):
+    """A tiny main toy sweep (2 repeats of 5 cells, 100 points) whose runs measure I(x; z) at steps 10 and 20."""
+    out = tmp_path_factory.mktemp("monitored") / "sweep"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(toy, "gaussian_grid", lambda seed: gaussian_grid(n_per_component=4, seed=seed))
+        result = reproduce_rate_matched(out, MONITORED, dataset="toy", grids=TINY_GRIDS, repeats=2, progress=False)
+    return out, result
+
+
+def _log(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _without_times(record: dict) -> dict:
+    return {key: value for key, value in record.items() if key not in ("seconds", "monitor_seconds", "train_seconds")}
+
+
+def test_a_monitored_toy_run_of_the_study_trains_the_weights_of_an_unmonitored_one(monitored_sweep, tmp_path, small_toy_data):
+    out, _ = monitored_sweep
+    cell = out / "runs" / "ip-n_partners8-beta0.01" / "repeat-1"
+    log = _log(cell / "metrics.jsonl")
+    assert [record["step"] for record in log if "I_mc" in record] == [10, 20]  # every monitor_every steps
+    assert all(record["I_points"] == 100 for record in log if "I_mc" in record)  # all 100 points: fewer than TOY_MONITOR_POINTS
+    # the same repeat trained without the monitor: the study's pairing of repeat 1, stated independently
+    plain = Run(InformationPotential(8), 0.01, child_seeds(0, 2)[1], MONITORED)
+    toy.run_toy(plain, tmp_path / "plain", progress=False)
+    monitored, unmonitored = load_file(cell / "model.safetensors"), load_file(tmp_path / "plain" / "model.safetensors")
+    assert monitored.keys() == unmonitored.keys() and all(torch.equal(monitored[name], unmonitored[name]) for name in monitored)
+    plain_log = _log(tmp_path / "plain" / "metrics.jsonl")
+    assert [_without_times(record) for record in plain_log] == [
+        {key: record[key] for key in ("step", "loss", "distortion", "rate")} for record in log
+    ]
+    assert _without_times(json.loads((cell / "metrics.json").read_text())) == _without_times(
+        json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    )
+
+
+def test_a_monitored_mnist_run_of_the_study_trains_the_weights_of_an_unmonitored_one(tmp_path, monkeypatch):
+    from ipae.data.mnist import MnistSplits
+
+    images = np.random.default_rng(0).random((120, 784), dtype=np.float32)
+    labels = np.repeat([1, 3, 4], 40)
+    monkeypatch.setattr(mnist, "load_mnist", lambda *args, **kwargs: MnistSplits(images, labels, images, labels))
+    monkeypatch.setitem(mnist.SUBSETS, "mnist134", ((1, 3, 4), 60))
+    reproduce_rate_matched(tmp_path / "sweep", MONITORED, dataset="mnist134", grids={"vae": (1.0,)}, pilot=True, progress=False)
+    cell = tmp_path / "sweep" / "runs" / "vae-beta1"
+    log = _log(cell / "repeat-0.jsonl")
+    measured = [record for record in log if "I_mc" in record]
+    assert [record["step"] for record in measured] == [10, 20]
+    assert all(record["I_points"] == 180 for record in measured)  # the points the record measures: 120 test and 60 unused images
+    # the same repeat trained without the monitor: its weights give the same codes (their PCA), losses and record
+    (tmp_path / "plain").mkdir()
+    mnist.run_repeat(Run(PriorKL(), 1.0, 0, MONITORED), None, tmp_path / "plain", 0, dataset="mnist134")
+    plain_log = _log(tmp_path / "plain" / "repeat-0.jsonl")
+    assert [_without_times(record) for record in plain_log] == [
+        {key: record[key] for key in ("step", "loss", "distortion", "rate")} for record in log
+    ]
+    monitored_record, plain_record = (json.loads((folder / "repeat-0.json").read_text()) for folder in (cell, tmp_path / "plain"))
+    assert monitored_record["I_points"] == 180 and _without_times(monitored_record) == _without_times(plain_record)
+    monitored_codes, plain_codes = np.load(cell / "repeat-0-pca.npz"), np.load(tmp_path / "plain" / "repeat-0-pca.npz")
+    assert np.array_equal(monitored_codes["pca"], plain_codes["pca"])
+
+
+def _series(figure) -> dict:
+    return {artist.get_gid(): artist for axes in figure.axes for artist in axes.get_children() if artist.get_gid()}
+
+
+def test_the_trajectories_of_one_repeat_are_drawn_one_colour_per_model_from_the_logged_records(monitored_sweep, tmp_path):
+    out, result = monitored_sweep
+    assert (
+        result["trajectories"]
+        == "trajectories.png: the information-plane trajectories of repeat 0: 5 of its 5 runs measured I(x; z) while training."
+    )
+    assert report(result).endswith(result["trajectories"])
+    repeat_0 = sorted((out / "runs").glob("*/repeat-0"), reverse=True)  # any order: drawn in the study's
+    figure = plot_runs(**trajectory_plot(repeat_0), out=tmp_path / "again.png")
+    assert (tmp_path / "again.png").read_bytes() == (out / "trajectories.png").read_bytes()
+    assert main(["plot", *map(str, repeat_0), "--out", str(tmp_path / "plot.png")]) == 0  # `ipae plot` draws the same figure
+    assert (tmp_path / "plot.png").read_bytes() == (out / "trajectories.png").read_bytes()
+    drawn = _series(figure)
+    colours = {}
+    for model, betas in TINY_GRIDS.items():
+        for beta in betas:
+            label = f"{model} β={beta:g}"
+            cell = next(path for path in repeat_0 if model_cell(path.parent.name) == (model, beta))
+            measured = [record for record in _log(cell / "metrics.jsonl") if "I_mc" in record]
+            path = drawn[f"{label}|I_mc"]
+            np.testing.assert_array_equal(path.get_xdata(), [record["heldout_distortion"] for record in measured])
+            np.testing.assert_array_equal(path.get_ydata(), [record["I_mc"] for record in measured])
+            bounds = [[[r["heldout_distortion"], r["I_lower"]], [r["heldout_distortion"], r["I_upper"]]] for r in measured]
+            np.testing.assert_allclose(np.array(drawn[f"{label}|bounds"].get_segments()), np.array(bounds), rtol=1e-12)
+            colours.setdefault(model, set()).add(path.get_color())
+    assert len([gid for gid in drawn if gid.endswith("|I_mc")]) == 5  # repeat 0 only
+    assert all(len(found) == 1 for found in colours.values()) and len(set().union(*colours.values())) == 4  # one colour per model
+    plane, curves = figure.axes
+    for axes in (plane, curves):
+        legend = axes.get_legend()
+        entries = dict(zip([text.get_text() for text in legend.get_texts()], legend.legend_handles, strict=True))
+        assert {model: {entries[model].get_color()} for model in TINY_GRIDS} == colours  # one legend entry per model, in its colour
+    assert "vae β=0.1" not in [text.get_text() for text in plane.get_legend().get_texts()]
+
+
+def test_records_of_code_that_did_not_monitor_are_summarised_without_trajectories(monitored_sweep, tmp_path):
+    out, result = monitored_sweep
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    (old / "trajectories.png").unlink()
+    for log in (old / "runs").glob("*/repeat-*/metrics.jsonl"):  # the logs of older code: no I(x; z)
+        log.write_text(
+            "".join(
+                json.dumps({key: record[key] for key in ("step", "loss", "distortion", "rate", "seconds")}) + "\n" for record in _log(log)
+            )
+        )
+    again = reproduce_rate_matched(old, MONITORED, dataset="toy", grids=TINY_GRIDS, repeats=2, progress=False)
+    skipped = (
+        "No run's training log holds I(x; z) measured while training (records of code that did not monitor, or logs not kept): "
+        "no trajectories.png."
+    )
+    assert again["trajectories"] == skipped and report(again).endswith(skipped)
+    assert not (old / "trajectories.png").exists()
+    assert again["cells"] == result["cells"] and again["matched"] == result["matched"]
+    # drawn, one colour per model, at their records' final I(x; z)
+    figure = plot_runs(**trajectory_plot(sorted((old / "runs").glob("*/repeat-0"))), out=tmp_path / "old.png")
+    record = json.loads((old / "runs" / "vae-beta0.1" / "repeat-0" / "metrics.json").read_text())
+    final = _series(figure)["vae β=0.1|final"]
+    assert (list(final.get_xdata()), list(final.get_ydata())) == ([record["distortion"]], [record["I_mc"]])
+    texts = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert texts[:4] == list(TINY_GRIDS) and "final I(x; z) only (not measured while training)" in texts
+    for log in (old / "runs").glob("*/repeat-*/metrics.jsonl"):  # committed records: no log at all
+        log.unlink()
+    assert reproduce_rate_matched(old, MONITORED, dataset="toy", grids=TINY_GRIDS, repeats=2, progress=False)["trajectories"] == skipped
+
+
+def test_only_runs_of_one_repeat_of_a_rate_matched_sweep_are_drawn_as_the_study_draws_them(monitored_sweep, tmp_path):
+    out, _ = monitored_sweep
+    assert model_cell("ip-n_partners8-beta0.01") == ("ip8", 0.01) and model_cell("pairwise-kl-beta1") == ("pairwise-kl", 1.0)
+    assert model_cell("ip-n_partners2-beta0.01") is None and model_cell("vae-beta0.1-paper") is None and model_cell("vae") is None
+    one = out / "runs" / "vae-beta0.1"
+    assert trajectory_plot([one / "repeat-0" / "metrics.jsonl"])["labels"] == ["vae β=0.1"]
+    assert trajectory_plot([one / "repeat-0", one / "repeat-1"]) is None  # two repeats
+    assert trajectory_plot([one]) is None  # a cell: all its repeats
+    other = tmp_path / "figure2"  # a sweep of another study: its sweep.json names no dataset
+    shutil.copytree(out, other)
+    (other / "sweep.json").write_text(json.dumps({"steps": 20, "seed": 0}))
+    assert trajectory_plot([other / "runs" / "vae-beta0.1" / "repeat-0"]) is None

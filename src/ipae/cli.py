@@ -184,7 +184,8 @@ def _build_parser() -> argparse.ArgumentParser:
             transform_parser.add_argument("--sampled", action="store_true", help="sample z ~ N(mu, sigma^2) instead of the mean")
             transform_parser.add_argument("--seed", type=int, default=0, help="noise seed for --sampled")
     plot_parser = command("plot", "draw runs: the information plane and the loss curves, from their training logs", plot)
-    run_help = "a run directory (ipae fit, ipae toy), a training log (.jsonl), or a sweep's cell directory (repeat-R.jsonl)"
+    run_help = "a run directory (ipae fit, ipae toy), a training log (.jsonl), or a sweep's cell directory (repeat-R.jsonl); "
+    run_help += "the runs of one repeat of a rate-matched sweep (SWEEP/runs/*/repeat-R) are drawn one colour per model"
     plot_parser.add_argument("runs", type=Path, nargs="+", metavar="RUN", help=run_help)
     plot_parser.add_argument("--out", type=Path, required=True, help="the .png file to write")
     plot_parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")

@@ -10,6 +10,7 @@ gives the final I(x; z) when the log has none.
 The information plane shows I(x; z) of held-out points (the records of `train(monitor=...)`): I_mc against
 the held-out distortion, step by step, in a band from the lower (Bhattacharyya) to the upper (pairwise-KL)
 bound; log N dashed, where an estimate from N points stops; saturated measurements crossed.
+Runs of one group (a model of a sweep, `RunLog.group`) share a colour and one legend entry.
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ __all__: list[str] = []  # users reach its public names through the package: ipa
 
 @dataclass(frozen=True)
 class RunLog:
-    """One run: its label, its training log (the records in order) and its final record ({} if none)."""
+    """One run: its label, its training log (the records in order), its final record ({} if none) and
+    its group (None: a colour of its own; else the colour and the legend entry it shares with its group)."""
 
     label: str
     records: list[dict]
     final: dict = field(default_factory=dict)
+    group: str | None = None
 
     def trajectory(self) -> dict[str, np.ndarray]:
         """The monitored records' step, heldout_distortion, I_mc, I_lower, I_upper, I_log_n and I_saturated, each (M,)."""
@@ -95,8 +98,8 @@ def _final_record(log: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def read_runs(path: str | Path, *, label: str | None = None) -> list[RunLog]:
-    """The runs at `path` (see the module's docstring), labelled by their directory, or by `label`."""
+def read_runs(path: str | Path, *, label: str | None = None, group: str | None = None) -> list[RunLog]:
+    """The runs at `path` (see the module's docstring), labelled by their directory, or by `label`, in `group`."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such run directory or training log")
@@ -110,7 +113,7 @@ def read_runs(path: str | Path, *, label: str | None = None) -> list[RunLog]:
         names = [f"{label or path.name}/{log.stem if log.name != 'metrics.jsonl' else log.parent.name}" for log in logs]
     if not logs:
         raise ValueError(f"{path}: holds no training log (metrics.jsonl, repeat-R.jsonl or repeat-R/metrics.jsonl)")
-    return [RunLog(name, read_log(log), _final_record(log)) for name, log in zip(names, logs, strict=True)]
+    return [RunLog(name, read_log(log), _final_record(log), group) for name, log in zip(names, logs, strict=True)]
 
 
 def _name(directory: Path) -> str:
@@ -125,21 +128,46 @@ def _repeat_number(log: Path) -> tuple[int, str]:
     return (int(number), name) if number.isdigit() else (-1, name)
 
 
-def draw_runs(figure: Figure, runs: Sequence[RunLog]) -> None:
-    """The information plane (left) and the loss curves (right) of `runs` on `figure`. Every series has
-    a gid, "<label>|<series>", that names the run and what it shows: I_mc (the path), bounds (a vertical
-    segment from I_lower to I_upper at each measurement), band, start, saturated, final (a run whose log
-    has no I(x; z): its final record's), loss and distortion; "log N|<value>" for each dashed line."""
+def draw_runs(figure: Figure, runs: Sequence[RunLog], *, title: str | None = None) -> None:
+    """The information plane (left) and the loss curves (right) of `runs` on `figure`, under `title`. Every
+    series has a gid, "<label>|<series>", that names the run and what it shows: I_mc (the path), bounds (a
+    vertical segment from I_lower to I_upper at each measurement), band, start, saturated, final (a run whose
+    log has no I(x; z): its final record's), loss and distortion; "log N|<value>" for each dashed line.
+    A run without a group has a colour and a legend entry of its own, its first and last measurements
+    numbered with their step; the runs of a group share both, and each path's end is marked with its label
+    less the group's name (a sweep's runs: "β=0.1")."""
     plane, curves = figure.subplots(1, 2)
-    _draw_plane(plane, runs)
-    _draw_curves(curves, runs)
+    colours = _colours(runs)
+    _draw_plane(plane, runs, colours)
+    _draw_curves(curves, runs, colours)
+    if title is not None:
+        figure.suptitle(title, fontsize=10)
     figure.tight_layout()
 
 
-def _draw_plane(axes, runs: Sequence[RunLog]) -> None:
-    handles, log_ns, any_saturated, any_path = [], set(), False, False
-    for index, run in enumerate(runs):
-        colour = f"C{index % 10}"
+def _colours(runs: Sequence[RunLog]) -> list[str]:
+    """Each run's colour: one per group, or per run without a group, in the order they first appear."""
+    keys = [("group", run.group) if run.group is not None else ("run", index) for index, run in enumerate(runs)]
+    order = list(dict.fromkeys(keys))
+    return [f"C{order.index(key) % 10}" for key in keys]
+
+
+def _tag(run: RunLog) -> str:
+    """What marks the end of a grouped run's path: its label less its group's name."""
+    return run.label.removeprefix(run.group).strip() or run.label
+
+
+def _legend_entry(handles: dict, run: RunLog, colour: str, **style) -> None:
+    """The run's legend entry, or its group's (once, as a line in the group's colour)."""
+    if run.group is None:
+        handles[("run", len(handles))] = Line2D([], [], color=colour, **style)
+    else:
+        handles.setdefault(("group", run.group), Line2D([], [], color=colour, label=run.group))
+
+
+def _draw_plane(axes, runs: Sequence[RunLog], colours: list[str]) -> None:
+    handles, log_ns, any_saturated, any_path, grouped_final = {}, set(), False, False, False
+    for run, colour in zip(runs, colours, strict=True):
         path = run.trajectory()
         if len(path["step"]):
             any_path = True
@@ -157,22 +185,23 @@ def _draw_plane(axes, runs: Sequence[RunLog]) -> None:
             if saturated.any():
                 any_saturated = True
                 axes.plot(distortion[saturated], estimate[saturated], "x", color="black", markersize=6, gid=f"{run.label}|saturated")
-            for end in (0, -1):
-                axes.annotate(
-                    f"{int(path['step'][end])}", (distortion[end], estimate[end]), fontsize=6, xytext=(3, 3), textcoords="offset points"
-                )
+            marks = [(0, f"{int(path['step'][0])}"), (-1, f"{int(path['step'][-1])}")] if run.group is None else [(-1, _tag(run))]
+            for end, text in marks:
+                axes.annotate(text, (distortion[end], estimate[end]), fontsize=6, xytext=(3, 3), textcoords="offset points")
             log_ns.update(path["I_log_n"].tolist())
-            handles.append(Line2D([], [], color=colour, marker="o", markersize=3, label=run.label))
+            _legend_entry(handles, run, colour, marker="o", markersize=3, label=run.label)
             continue
         point = run.final_point()
         if point is None:
-            handles.append(Line2D([], [], color=colour, label=f"{run.label} (no I(x; z) measured)"))
+            _legend_entry(handles, run, colour, label=f"{run.label} (no I(x; z) measured)")
             continue
         axes.vlines([point["distortion"]], [point["I_lower"]], [point["I_upper"]], color=colour, linewidth=1.2, gid=f"{run.label}|bounds")
         axes.plot([point["distortion"]], [point["I_mc"]], "s", color=colour, markersize=5, gid=f"{run.label}|final")
         log_ns.add(point["I_log_n"])
         any_saturated |= bool(point.get("I_saturated"))
-        handles.append(Line2D([], [], color=colour, marker="s", linestyle="none", label=f"{run.label} (final only)"))
+        grouped_final |= run.group is not None
+        _legend_entry(handles, run, colour, marker="s", linestyle="none", label=f"{run.label} (final only)")
+    handles = list(handles.values())
     for log_n in sorted(log_ns):
         axes.axhline(log_n, linestyle="--", color="grey", linewidth=0.9, gid=f"log N|{log_n!r}")
         axes.annotate(
@@ -187,6 +216,8 @@ def _draw_plane(axes, runs: Sequence[RunLog]) -> None:
         )
     elif log_ns:
         handles.append(Line2D([], [], color="grey", label="bounds (Bhattacharyya, pairwise KL)"))
+    if grouped_final:
+        handles.append(Line2D([], [], color="grey", marker="s", linestyle="none", label="final I(x; z) only (not measured while training)"))
     if log_ns:
         handles.append(Line2D([], [], color="grey", linestyle="--", label="log N: the most N points can show"))
     if any_saturated:
@@ -194,21 +225,22 @@ def _draw_plane(axes, runs: Sequence[RunLog]) -> None:
     axes.legend(handles=handles, fontsize=6, loc="best")
     axes.set_xlabel("held-out distortion (one sampled code per point)", fontsize=8)
     axes.set_ylabel("I(x; z) of held-out points, nats (Monte Carlo)", fontsize=8)
-    axes.set_title("information plane (numbers: training step)", fontsize=9)
+    marks = "beside each path's end: its run" if any(run.group is not None for run in runs) else "numbers: training step"
+    axes.set_title(f"information plane ({marks})", fontsize=9)
     axes.tick_params(which="both", labelsize=7)
 
 
-def _draw_curves(axes, runs: Sequence[RunLog]) -> None:
-    handles, positive = [], True
-    for index, run in enumerate(runs):
-        colour = f"C{index % 10}"
+def _draw_curves(axes, runs: Sequence[RunLog], colours: list[str]) -> None:
+    handles, positive = {}, True
+    for run, colour in zip(runs, colours, strict=True):
         steps = np.array([record["step"] for record in run.records], dtype=float)
         for key, style in (("loss", "-"), ("distortion", "--")):
             values = np.array([math.nan if record.get(key) is None else record[key] for record in run.records], dtype=float)
             axes.plot(steps, values, style, color=colour, linewidth=1.1, gid=f"{run.label}|{key}")
             positive &= bool(np.all(values[np.isfinite(values)] > 0))
-        handles.append(Line2D([], [], color=colour, label=run.label))
-    handles += [
+        _legend_entry(handles, run, colour, label=run.label)
+    handles = [
+        *handles.values(),
         Line2D([], [], color="grey", linestyle="-", label="loss"),
         Line2D([], [], color="grey", linestyle="--", label="distortion (training batches)"),
     ]
@@ -221,16 +253,29 @@ def _draw_curves(axes, runs: Sequence[RunLog]) -> None:
     axes.tick_params(which="both", labelsize=7)
 
 
-def plot_runs(paths: Sequence[str | Path], out: str | Path, *, labels: Sequence[str] | None = None) -> Figure:
-    """Draw the runs at `paths` (see `read_runs`; `labels`: one for each path instead of its name) with
-    `draw_runs` and save the figure as the PNG `out`, atomically. Returns the figure."""
+def plot_runs(
+    paths: Sequence[str | Path],
+    out: str | Path,
+    *,
+    labels: Sequence[str] | None = None,
+    groups: Sequence[str | None] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Draw the runs at `paths` (see `read_runs`; `labels`: one for each path instead of its name; `groups`:
+    one for each path, the group its runs are drawn in, or None) with `draw_runs`, under `title`, and save
+    the figure as the PNG `out`, atomically. Returns the figure."""
     if not paths:
         raise ValueError("no runs to draw")
-    if labels is not None and len(labels) != len(paths):
-        raise ValueError(f"{len(labels)} labels for {len(paths)} runs")
-    runs = [run for index, path in enumerate(paths) for run in read_runs(path, label=None if labels is None else labels[index])]
+    for name, values in (("labels", labels), ("groups", groups)):
+        if values is not None and len(values) != len(paths):
+            raise ValueError(f"{len(values)} {name} for {len(paths)} runs")
+    runs = [
+        run
+        for index, path in enumerate(paths)
+        for run in read_runs(path, label=None if labels is None else labels[index], group=None if groups is None else groups[index])
+    ]
     figure = Figure(figsize=(11, 4.4))
-    draw_runs(figure, runs)
+    draw_runs(figure, runs, title=title)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     save_png(figure, out)
     return figure

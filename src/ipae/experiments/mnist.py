@@ -51,12 +51,24 @@ def information_points(x_test: np.ndarray, x_unused: np.ndarray, rng: np.random.
     return pool[np.sort(rng.choice(len(pool), min(len(pool), INFORMATION_POINTS), replace=False))]
 
 
-def run_repeat(run: Run, data_dir: Path | None, out: Path, repeat: int, *, device: str | None = None, dataset: str = "mnist134") -> dict:
+def run_repeat(
+    run: Run,
+    data_dir: Path | None,
+    out: Path,
+    repeat: int,
+    *,
+    device: str | None = None,
+    dataset: str = "mnist134",
+    monitor: bool = False,
+) -> dict:
     """Train and evaluate repeat number `repeat` of `run` on `dataset` (`SUBSETS`), writing
     out/repeat-<r>.json (the settings, the training status and `ipae.diagnostics.diagnose`'s numbers),
     its training log out/repeat-<r>.jsonl and, unless it failed, out/repeat-<r>-pca.npz (the test
     codes' 2-D PCA and labels). A finished repeat is not redone. The subset, the initial weights and
-    the batches depend on `run.seed` and `repeat` only, so the repeats of different models are paired."""
+    the batches depend on `run.seed` and `repeat` only, so the repeats of different models are paired.
+    `monitor`: the training log also holds I(x; z) and the distortion of the held-out points whose I(x; z)
+    the record measures (`information_points`) every `run.training.monitor_every` steps (`ipae.train.train`'s
+    monitor); the weights, and so the record, are the same either way."""
     record = out / f"repeat-{repeat}.json"
     if record.exists():
         return json.loads(record.read_text())
@@ -68,12 +80,13 @@ def run_repeat(run: Run, data_dir: Path | None, out: Path, repeat: int, *, devic
     metrics |= run_provenance(device or "cpu")
     training = replace(run.training, seed=train_seed, progress=False)
     metrics["train_seed"] = train_seed
-    result, status = train_logged(model, x_train, training, out / f"repeat-{repeat}.jsonl")
+    x_information = information_points(data.x_test, x_unused, np.random.default_rng(evaluation_seed))
+    watched = torch.from_numpy(x_information) if monitor else None
+    result, status = train_logged(model, x_train, training, out / f"repeat-{repeat}.jsonl", monitor=watched)
     metrics |= status
     if result is None:
         write_json(record, metrics)
         return metrics
-    x_information = information_points(data.x_test, x_unused, np.random.default_rng(evaluation_seed))
     found = diagnose(
         model,
         torch.from_numpy(data.x_test),

@@ -10,6 +10,10 @@ and the paired differences against the VAE get a sign test and a paired t-test.
 Repeats are paired: repeat r of every model uses the same data (subset), initial weights and batches.
 A sweep is resumable: finished repeats (one JSON each) are kept, so the pilot's repeat 0 of a beta is
 also the main sweep's repeat 0 of that beta.
+
+Every run also measures I(x; z) of held-out points while it trains (`train(monitor=...)`), so that the
+trajectories of one repeat's runs in the information plane (trajectories.png) show where during training
+each model compresses. Monitoring does not change the weights, so the records are those of a run without it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -31,6 +36,7 @@ from ipae.experiments.mnist import run_repeat
 from ipae.experiments.parallel import map_runs
 from ipae.experiments.runs import Run, child_seeds, claim_sweep
 from ipae.experiments.toy import run_toy
+from ipae.plotting import plot_runs, read_runs
 from ipae.rates import InformationPotential, PairwiseKL, PriorKL, Rate
 from ipae.reporting import markdown_table, save_png, write_table
 from ipae.training import TrainConfig
@@ -142,6 +148,12 @@ MATCHED_COLUMNS = ("metric", "role", "model", "I_low", "I_high", "model_cells", 
 MATCHED_COLUMNS += ("better", "worse", "tied", "p_t", "p_holm", "p_sign")
 SENSITIVITY_COLUMNS = ("metric", "model", "matching", "vae_cells", "runs", "n", "difference", "better", "worse", "p_t")
 SWEEP_SETTINGS = ("dataset", "steps", "seed", "precision")
+TRAJECTORIES = "trajectories.png"
+# The held-out points a toy run's training monitor measures, of the 5000 its record measures. All 5000
+# (D = 16) every 500 steps cost 14.5 % of the training time (benchmarks/monitor.py --preset toy, one
+# shared core); the estimators are quadratic in N, so 2500 cost 4.6 %, with log N = 7.8 nats still above
+# the toy's unsaturated rates. MNIST runs measure all their points (3842 for mnist134, D = 8: about 1.5 %).
+TOY_MONITOR_POINTS = 2500
 
 
 def metrics_of(dataset: str) -> dict[str, bool]:
@@ -172,11 +184,11 @@ def _repeat(dataset: str, runs_directory: Path, data_dir: Path | None, task: tup
         if not record.exists():
             out.mkdir(parents=True, exist_ok=True)
             paired = Run(run.rate, run.beta, child_seeds(run.seed, repeat + 1)[repeat], run.training, run.paper_exact)
-            run_toy(paired, out, device="cpu", progress=False)
+            run_toy(paired, out, device="cpu", progress=False, monitor=True, monitor_points=TOY_MONITOR_POINTS)
         found = json.loads(record.read_text())
         found |= {"repeat": repeat, **run.row()}
     else:
-        found = run_repeat(run, data_dir, cell, repeat, dataset=dataset)
+        found = run_repeat(run, data_dir, cell, repeat, dataset=dataset, monitor=True)
     return {"model": model, "dataset": dataset, **found}
 
 
@@ -195,13 +207,18 @@ def reproduce_rate_matched(
 ) -> dict:
     """Run the sweep of `dataset` into `out` (created, or resumed when it holds the same sweep), then
     write runs.jsonl, the per-cell table (pilot.{md,csv,json} for the pilot, cells.{md,csv,json}
-    otherwise) and, for the main sweep, the matched table matched.{md,csv,json} and rate_matched.png.
+    otherwise), trajectories.png (`summarise`) and, for the main sweep, the matched table
+    matched.{md,csv,json} and rate_matched.png.
     `pilot`: PILOT_GRIDS with one repeat (default); else GRIDS with REPEATS repeats. The records of
     finished runs (runs/<cell>/repeat-<r>.json, or .../repeat-<r>/metrics.json for the toy) are kept,
-    so a sweep continues wherever they are. Returns {"cells": rows, "matched": rows or None, "summary": the note or None}."""
+    so a sweep continues wherever they are; each run's training log (repeat-<r>.jsonl, or
+    .../repeat-<r>/metrics.jsonl) holds I(x; z) of the held-out points its record measures, every
+    `training.monitor_every` steps and at the end. Returns {"cells": rows, "matched": rows or None,
+    "summary": the note or None, "trajectories": what became of trajectories.png}."""
     grids = grids or (PILOT_GRIDS if pilot else GRIDS)[dataset]
     repeats = repeats or (1 if pilot else REPEATS)
     cells = _cells(dataset, grids, training, seed)
+    training.check_monitor()
     claim_sweep(
         out,
         {"dataset": dataset, "steps": training.steps, "seed": seed, "precision": training.precision},
@@ -216,14 +233,15 @@ def reproduce_rate_matched(
 
 
 def summarise(out: Path, records: list[dict], dataset: str, *, pilot: bool = False) -> dict:
-    """The tables and the figure of a sweep's `records`, written into `out` (see reproduce_rate_matched)."""
+    """The tables and the figures of a sweep's `records`, written into `out` (see reproduce_rate_matched)."""
     provenance = check_provenance(records)
     write_atomic(out / "runs.jsonl", partial(_write_lines, records))
     rows = cell_rows(records)
     name = "pilot" if pilot else "cells"
     write_table(out, name, rows, CELL_COLUMNS + tuple(metrics_of(dataset)), note=_cell_note(records))
+    trajectories = draw_trajectories(out, records, dataset)
     if pilot:
-        return {"cells": rows, "matched": None, "summary": None}
+        return {"cells": rows, "matched": None, "summary": None, "trajectories": trajectories}
     matching = PRIMARY_MATCHING[dataset]
     matched = matched_comparison(records, metrics_of(dataset), primary_of(dataset), matching)
     note = summary(matched, records, provenance)
@@ -231,7 +249,99 @@ def summarise(out: Path, records: list[dict], dataset: str, *, pilot: bool = Fal
     checks = interpolation_check(records, primary_of(dataset), lower_is_better=metrics_of(dataset)[primary_of(dataset)])
     write_table(out, "interpolation", checks, SENSITIVITY_COLUMNS, note=_SENSITIVITY_NOTE)
     save_png(_figure(records, metrics_of(dataset), dataset), out / "rate_matched.png")
-    return {"cells": rows, "matched": matched, "summary": note}
+    return {"cells": rows, "matched": matched, "summary": note, "trajectories": trajectories}
+
+
+def _log_of(out: Path, dataset: str, record: dict) -> Path:
+    """The training log of a record's run: runs/<cell>/repeat-<r>/metrics.jsonl (toy) or runs/<cell>/repeat-<r>.jsonl."""
+    cell = out / "runs" / Run(MODELS[record["model"]](), record["beta"]).name()
+    repeat = f"repeat-{record['repeat']}"
+    return cell / repeat / "metrics.jsonl" if dataset == "toy" else cell / f"{repeat}.jsonl"
+
+
+def _monitored(log: Path) -> bool:
+    """Whether the training log at `log` holds I(x; z) measured while training (a damaged log does not)."""
+    try:
+        return log.is_file() and any(len(run.trajectory()["step"]) for run in read_runs(log))
+    except ValueError:
+        return False
+
+
+def draw_trajectories(out: Path, records: list[dict], dataset: str) -> str:
+    """out/trajectories.png: the information-plane trajectories of one repeat's runs, the lowest-numbered
+    repeat with the most runs whose training log measured I(x; z) while training (`trajectory_plot`).
+    Records of code that did not monitor (or whose logs were not kept) have none: then nothing is
+    drawn. Returns a sentence saying which."""
+    logs: dict[int, list[Path]] = {}
+    for record in records:
+        log = _log_of(out, dataset, record)
+        if _monitored(log):
+            logs.setdefault(record["repeat"], []).append(log)
+    if not logs:
+        return (
+            f"No run's training log holds I(x; z) measured while training (records of code that did not monitor, or logs not kept): "
+            f"no {TRAJECTORIES}."
+        )
+    repeat = min(logs, key=lambda number: (-len(logs[number]), number))
+    plot = trajectory_plot(logs[repeat])
+    plot_runs(**plot, out=out / TRAJECTORIES)
+    runs = sum(record["repeat"] == repeat for record in records)
+    return (
+        f"{TRAJECTORIES}: the information-plane trajectories of repeat {repeat}: {len(logs[repeat])} of its {runs} runs measured "
+        "I(x; z) while training."
+    )
+
+
+def model_cell(name: str) -> tuple[str, float] | None:
+    """The model and beta of a cell directory's name (`Run.name()` of a rate of MODELS):
+    "ip-n_partners8-beta0.1" -> ("ip8", 0.1); None for another name."""
+    _, separator, text = name.rpartition("-beta")
+    try:
+        beta = float(text)
+    except ValueError:
+        return None
+    found = [model for model, rate in MODELS.items() if separator and Run(rate(), beta).name() == name]
+    return (found[0], beta) if found else None
+
+
+def _repeat_of(path: Path) -> tuple[Path, dict, str, float, int] | None:
+    """(the sweep directory, its sweep.json, the model, beta, repeat) of a run of a rate-matched sweep:
+    SWEEP/runs/<cell>/repeat-R (the toy's run directory) or its metrics.jsonl, or SWEEP/runs/<cell>/repeat-R.jsonl."""
+    path = Path(path)
+    if path.name == "metrics.jsonl":
+        path = path.parent
+    name = path.stem if path.suffix == ".jsonl" else path.name
+    number = name.removeprefix("repeat-")
+    cell = model_cell(path.parent.name)
+    if not (name.startswith("repeat-") and number.isdigit() and cell is not None and path.parent.parent.name == "runs"):
+        return None
+    sweep = path.parent.parent.parent
+    try:
+        settings = json.loads((sweep / "sweep.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(settings, dict) or settings.get("dataset") not in DATASETS:
+        return None
+    return sweep.resolve(), settings, *cell, int(number)
+
+
+def trajectory_plot(paths: Sequence[str | Path]) -> dict | None:
+    """How `ipae.plotting.plot_runs` draws runs of one repeat of one rate-matched sweep, as the sweep's
+    trajectories.png: {"paths", "labels", "groups", "title"}, the runs in the order of MODELS, then beta,
+    labelled "<model> β=<beta>", one colour (group) per model. None unless every path is a run of the same
+    repeat of one sweep: SWEEP/runs/<cell>/repeat-R (or its metrics.jsonl) of the toy, SWEEP/runs/<cell>/repeat-R.jsonl
+    of MNIST, where SWEEP/sweep.json names a dataset of DATASETS."""
+    found = [_repeat_of(Path(path)) for path in paths]
+    if not found or None in found or len({(sweep, repeat) for sweep, _, _, _, repeat in found}) > 1:
+        return None
+    order = sorted(range(len(found)), key=lambda index: (list(MODELS).index(found[index][2]), found[index][3]))
+    _, settings, _, _, repeat = found[0]
+    return {
+        "paths": [paths[index] for index in order],
+        "labels": [f"{found[index][2]} β={found[index][3]:g}" for index in order],
+        "groups": [found[index][2] for index in order],
+        "title": f"rate-matched {settings['dataset']}, repeat {repeat}: I(x; z) of held-out points while training, one colour per model",
+    }
 
 
 def _write_lines(records: list[dict], path: Path) -> None:
@@ -528,5 +638,5 @@ def report(result: dict) -> str:
     """What `ipae reproduce rate-matched` prints: the cells' table, then the matched-rate table and its summary."""
     text = markdown_table(result["cells"], CELL_COLUMNS)
     if result["matched"] is not None:
-        text += markdown_table(result["matched"], MATCHED_COLUMNS) + result["summary"]
-    return text
+        text += markdown_table(result["matched"], MATCHED_COLUMNS) + result["summary"] + "\n"
+    return text + result["trajectories"]

@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 
@@ -29,7 +30,13 @@ class ToyOutcome(NamedTuple):
 
 
 def run_toy(
-    run: Run, out: Path, *, device: str | torch.device | None = None, progress: bool | None = None, monitor: bool = False
+    run: Run,
+    out: Path,
+    *,
+    device: str | torch.device | None = None,
+    progress: bool | None = None,
+    monitor: bool = False,
+    monitor_points: int | None = None,
 ) -> ToyOutcome:
     """Train and evaluate one toy run, writing into the existing directory `out`:
     metrics.json, metrics.jsonl (the training log), and unless training diverged, reconstruction.png and
@@ -41,7 +48,8 @@ def run_toy(
     distortion, log-variance, and k-means NMI/ARI against the 25 components).
     `device`: where to train (None: CUDA when present, else the CPU). `monitor`: the training log also
     holds I(x; z) and the distortion of those 5000 held-out points every `run.training.monitor_every`
-    steps (`ipae.train`'s monitor); the weights are the same either way.
+    steps (`ipae.train`'s monitor); the weights are the same either way. `monitor_points`: at most
+    that many of them, evenly spaced over the components (a measurement's cost grows as its points squared).
     """
     device = resolve_device(device)
     out.mkdir(exist_ok=True)
@@ -55,7 +63,13 @@ def run_toy(
     }
     config = replace(run.training, seed=train_seed, progress=progress)
     held_out = gaussian_grid(seed=evaluation_seed)
-    result, status = train_logged(model, data.x, config, out / "metrics.jsonl", monitor=held_out.x if monitor else None)
+    watched = None
+    if monitor:
+        count = len(held_out.x) if monitor_points is None else min(monitor_points, len(held_out.x))
+        if count < 2:
+            raise ValueError(f"monitor_points must be at least 2 (I_loo leaves each point out), got {monitor_points}")
+        watched = held_out.x[np.linspace(0, len(held_out.x) - 1, count).round().astype(np.int64)]  # the points are in component order
+    result, status = train_logged(model, data.x, config, out / "metrics.jsonl", monitor=watched)
     metrics |= status
     if result is None:
         write_json(out / "metrics.json", metrics)
