@@ -474,13 +474,14 @@ def test_a_continuation_on_other_data_is_refused_for_every_fingerprinted_source(
     other = toy_x.clone()
     other[17, 1] += 1e-3  # one value of 400
     np.save(tmp_path / "other.npy", other.numpy())
-    for data in (other, other.numpy(), np.load(tmp_path / "other.npy", mmap_mode="r")):
+    others = (other, other.numpy(), np.load(tmp_path / "other.npy", mmap_mode="r"))
+    for data in others:
         with pytest.raises(ValueError, match="on other data"):
             train(_model(), data, _config(), resume=first.state)
     record(
         "bad input",
         "train(resume=...) on data that differ in one value of 400",
-        tried=len(sources),
+        tried=len(others),
         outcome="refused: the data's fingerprint differs",
         detail="tensor, array, memory-mapped .npy",
     )
