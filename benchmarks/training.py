@@ -100,7 +100,7 @@ if hasattr(ipae, "TrainConfig"):
     try:
         from ipae.runtime import keep_freed_memory
     except ImportError:  # before issue 21 it lived in ipae.train
-        from ipae.runtime import keep_freed_memory
+        from ipae.train import keep_freed_memory
     keep_freed_memory()
     model = AutoEncoder.from_preset(job["preset"], seed=job["seed"], rate=InformationPotential(n_partners=1))
     def run(steps):
