@@ -4,13 +4,17 @@
     python benchmarks/training.py --baseline 9297494 --baseline-only  # the baseline comparison alone
     python benchmarks/training.py --baseline 9297494 --out docs/performance.md
     python benchmarks/training.py --baseline 9297494 --steps 20 --repeats 1   # a quick check that it runs
+    python benchmarks/training.py --baseline 9297494 --baseline-only --model toy --precision fp32 --repeats 15
 
 `--baseline REV` checks REV out into a temporary `git worktree` (removed at the end). For the toy and
 MNIST presets, the baseline's code and this checkout's code each train the same model (IPAE with
 N_j = 1, batch 512, the same seed, a 5-step warm-up then `--steps` timed steps) in a fresh
 interpreter whose PYTHONPATH is that code's src/, alternately (baseline, current, baseline, ...)
-`--repeats` times. The table gives the median ms/step of each, its spread (min..max) and the median of
-the per-repeat ratios current / baseline, with PASS where that is <= 1.05.
+`--repeats` times. The table gives the median ms/step of each, its spread (min..max), and their ratio
+current / baseline with PASS where that is <= 1.03. A fresh process can land at one of two speeds at
+either revision (the toy model: about 8 or 12 ms/step on a 2-core AMD EPYC), so one pair's ratio
+swings from 0.6 to 1.6 (its range is printed) and the median of those per-pair ratios depends on how
+the slow processes happen to pair up; the ratio of the two medians does not. Use 15 repeats or more.
 
 The other tables, all measured in this process or in processes it starts, interleaved `--repeats`
 times where they compare loops: ms per training step of a plain eager loop written here (nn.Linear,
@@ -59,7 +63,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 TIMED_PRESETS = {"toy": "Toy model", "mnist": "MNIST model"}  # the paper's two MLPs
 BATCH_SIZE = 512  # section 4.1
 WARMUP_STEPS = 5  # untimed steps first: the first steps pay for allocations and one-off dispatch
-TOLERANCE = 1.05  # the issue's acceptance line: current within 5% of the baseline
+TOLERANCE = 1.03  # the acceptance line of issue 21: current within 3% of the baseline
 ACTIVATION = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid}
 NATIVE_BF16 = native_bf16(torch.device("cpu"))
 CAPABILITY = torch.backends.cpu.get_cpu_capability()
@@ -142,7 +146,7 @@ def _time_in_fresh_process(src: Path, job: dict, scratch: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def baseline_comparison(revision: str, steps: int, repeats: int) -> tuple[list[dict], str]:
+def baseline_comparison(revision: str, steps: int, repeats: int, models: list[str], precisions: list[str]) -> tuple[list[dict], str]:
     """Rows of ms/step, baseline revision against this checkout, and a note saying what ran."""
     commit = _git("rev-parse", "--verify", f"{revision}^{{commit}}")
     head = _git("rev-parse", "--short", "HEAD")
@@ -154,10 +158,10 @@ def baseline_comparison(revision: str, steps: int, repeats: int) -> tuple[list[d
     times: dict[tuple[str, str, str], list[float]] = {}
     apis: dict[str, str] = {}
     try:
-        for preset in TIMED_PRESETS:
+        for preset in models:
             torch.save(make_data(preset), scratch / f"{preset}.pt")  # both sides train on these very tensors
-        for preset in TIMED_PRESETS:
-            for precision in PRECISIONS:
+        for preset in models:
+            for precision in precisions:
                 job = {"preset": preset, "precision": precision, "steps": steps, "warmup": WARMUP_STEPS, "seed": 0}
                 job |= {"batch_size": BATCH_SIZE, "data": str(scratch / f"{preset}.pt")}
                 for repeat in range(repeats):
@@ -170,11 +174,11 @@ def baseline_comparison(revision: str, steps: int, repeats: int) -> tuple[list[d
         _git("worktree", "remove", "--force", str(tree))
         shutil.rmtree(scratch, ignore_errors=True)
     rows = []
-    for preset in TIMED_PRESETS:
-        for precision in PRECISIONS:
+    for preset in models:
+        for precision in precisions:
             base, new = times[(preset, precision, "baseline")], times[(preset, precision, "current")]
             ratios = [now / then for then, now in zip(base, new, strict=True)]
-            ratio = statistics.median(ratios)
+            ratio = statistics.median(new) / statistics.median(base)
             rows.append(
                 {
                     "model": preset,
@@ -183,8 +187,8 @@ def baseline_comparison(revision: str, steps: int, repeats: int) -> tuple[list[d
                     "baseline min..max": f"{min(base):.2f}..{max(base):.2f}",
                     "current ms/step": statistics.median(new),
                     "current min..max": f"{min(new):.2f}..{max(new):.2f}",
-                    "current / baseline (median of repeats)": ratio,
-                    "ratios min..max": f"{min(ratios):.3f}..{max(ratios):.3f}",
+                    "current / baseline (ratio of medians)": ratio,
+                    "per-pair ratios min..max": f"{min(ratios):.3f}..{max(ratios):.3f}",
                     f"<= {TOLERANCE}": "PASS" if ratio <= TOLERANCE else "FAIL",
                 }
             )
@@ -517,6 +521,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="timed steps per measurement (default: 200)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats of every measurement (default: 5)")
     parser.add_argument("--out", type=Path, help="also write the report (Markdown) here, atomically")
+    parser.add_argument("--model", action="append", choices=list(TIMED_PRESETS), help="the baseline comparison's models (default: all)")
+    parser.add_argument("--precision", action="append", choices=PRECISIONS, help="the baseline comparison's precisions (default: all)")
     args = parser.parse_args()
     if args.steps < 1 or args.repeats < 1:
         parser.error("--steps and --repeats must be >= 1")
@@ -534,7 +540,8 @@ def main() -> None:
 
     steps = args.steps
     if args.baseline:
-        rows, note = baseline_comparison(args.baseline, steps, args.repeats)
+        models, precisions = args.model or list(TIMED_PRESETS), args.precision or list(PRECISIONS)
+        rows, note = baseline_comparison(args.baseline, steps, args.repeats, models, precisions)
         report(f"Against the baseline {args.baseline}: ms per training step, same run, same machine", rows, note)
     else:
         print("No --baseline REV: the comparison against a baseline revision is skipped.\n", flush=True)
