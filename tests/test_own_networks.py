@@ -17,12 +17,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import ipae
 from ipae.checkpoint import load_state
-from ipae.data.mnist import FILES, load_mnist
+from ipae.data.mnist import load_mnist
 from ipae.models import AutoEncoder
 from ipae.rates import InformationPotential
 from ipae.training import TrainConfig, train
+from mnist_files import HAS_REAL_MNIST, MISSING, REAL_MNIST
 
-MNIST = Path(__file__).parents[1].parent / "shared" / "data" / "mnist"
 N_LATENT = 8
 N_TRAIN = 1024  # 16 batches of 64 an epoch: a 30-step run, and the replay of a resumed one, cross an epoch
 CONFIG = TrainConfig(steps=30, batch_size=64, checkpoint_every=10, log_every=5, progress=False)
@@ -71,7 +71,7 @@ def build_model(seed: int = 0) -> AutoEncoder:
 
 
 def mnist_subset() -> TensorDataset:
-    splits = load_mnist(MNIST, n_train=N_TRAIN, seed=0)
+    splits = load_mnist(REAL_MNIST, n_train=N_TRAIN, seed=0)
     x = torch.from_numpy(splits.x_train).view(-1, 1, 28, 28)  # (N, 1, 28, 28) in [0, 1]
     return TensorDataset(x, torch.from_numpy(splits.y_train))
 
@@ -104,9 +104,8 @@ sys.exit("trained to the end without being killed")
 
 @pytest.fixture(scope="module")
 def dataset():
-    missing = [name for name in FILES if not (MNIST / name).is_file()]
-    if missing:
-        pytest.skip(f"the MNIST files are not in {MNIST} (missing {', '.join(missing)})")
+    if not HAS_REAL_MNIST:
+        pytest.skip(MISSING)
     return mnist_subset()
 
 

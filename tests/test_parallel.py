@@ -21,10 +21,9 @@ from ipae.cli import main
 from ipae.experiments.parallel import map_runs, on_cluster
 from ipae.experiments.rate_matched import reproduce_rate_matched
 from ipae.training import TrainConfig
+from mnist_files import REAL_MNIST, needs_mnist
 from reliability import record
 
-SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-needs_mnist = pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"the real MNIST files are not at {SHARED_MNIST}")
 GRACE = 5.0  # seconds a worker may outlive its parent (the bound)
 KILLED = f"no process of its session alive {GRACE:.0f} s later"
 
@@ -122,9 +121,9 @@ SWEEPS = {  # every command with --jobs, with enough steps that the kill finds i
     "reproduce figure1": ["reproduce", "figure1"],
     "reproduce rate-distortion": ["reproduce", "rate-distortion"],
     "reproduce rate-matched": ["reproduce", "rate-matched", "--dataset", "toy", "--pilot"],
-    "reproduce figure2": ["reproduce", "figure2", "--repeats", "1", "--data-dir", str(SHARED_MNIST)],
-    "reproduce conv-mnist": ["reproduce", "conv-mnist", "--repeats", "2", "--data-dir", str(SHARED_MNIST)],
-    "mnist": ["mnist", "--repeats", "2", "--data-dir", str(SHARED_MNIST)],
+    "reproduce figure2": ["reproduce", "figure2", "--repeats", "1", "--data-dir", str(REAL_MNIST)],
+    "reproduce conv-mnist": ["reproduce", "conv-mnist", "--repeats", "2", "--data-dir", str(REAL_MNIST)],
+    "mnist": ["mnist", "--repeats", "2", "--data-dir", str(REAL_MNIST)],
 }
 
 
