@@ -19,11 +19,13 @@ from ipae.evaluation import holm
 from ipae.experiments import mnist, toy
 from ipae.experiments.mnist import held_out, information_points
 from ipae.experiments.rate_matched import (
+    SENSITIVITY,
     Matching,
     check_provenance,
     interpolation_check,
     matched_comparison,
     matched_runs,
+    metrics_of,
     model_cell,
     reference_cells,
     report,
@@ -146,6 +148,9 @@ def test_a_tiny_toy_sweep_writes_its_tables_pairs_its_repeats_and_resumes(tmp_pa
     for name in ("cells.md", "cells.json", "matched.md", "matched.json", "rate_matched.png", "sweep.json"):
         assert (tmp_path / "sweep" / name).exists(), name
     assert len(result["cells"]) == 8
+    # the interpolation check reads every metric, secondary ones included, under every reading of the VAE curve
+    checks = json.loads((tmp_path / "sweep" / "interpolation.json").read_text())
+    assert {(row["metric"], row["matching"]) for row in checks} == {(m, name) for m in metrics_of("toy") for name in SENSITIVITY}
     record = next((tmp_path / "sweep" / "runs").glob("vae-beta0.1/repeat-0/metrics.json"))
     before = record.stat().st_mtime_ns
     again = reproduce_rate_matched(tmp_path / "sweep", training, dataset="toy", grids=grids, repeats=2, progress=False)
