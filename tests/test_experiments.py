@@ -407,6 +407,27 @@ def _legend_colours(legend) -> dict[str, tuple]:
 RED, BLUE = (1.0, 0.0, 0.0, 1.0), (0.0, 0.0, 1.0, 1.0)
 
 
+def test_the_figure1_grid_keeps_its_titles_ticks_and_legend_apart():
+    """Drawn as saved: no panel's title or tick labels cross another panel's, and the legend sits above every panel."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    x = torch.as_tensor(gaussian_grid(n_per_component=20, seed=0).x)
+    runs = [Run(PriorKL(), beta) for beta in VAE_BETAS] + [Run(InformationPotential(), beta) for beta in IPAE_BETAS]
+    outcomes = [toy.ToyOutcome({"E": 0.3}, x, 0.9 * x) for _ in runs]
+    grid = figure1._grid_figure(runs, outcomes)
+    renderer = FigureCanvasAgg(grid).get_renderer()
+    grid.draw(renderer)
+    panels = [panel for panel in grid.axes if panel.axison]
+    assert len(panels) == len(runs)
+    boxes = [panel.get_tightbbox(renderer) for panel in panels]  # the panel with its title and tick labels
+    for i, first in enumerate(boxes):
+        for second in boxes[i + 1 :]:
+            assert not first.overlaps(second)
+    (legend,) = grid.legends
+    top = legend.get_window_extent(renderer)
+    assert all(top.y0 >= box.y1 for box in boxes)
+
+
 def test_the_reconstruction_figures_say_which_colour_is_the_input(tmp_path, small_toy_data, monkeypatch):
     saved = _saved_figures(monkeypatch, toy)
     run_toy(Run(PriorKL(), 1.0, 0, TrainConfig(steps=2)), tmp_path / "run", progress=False)

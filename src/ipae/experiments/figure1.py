@@ -78,7 +78,7 @@ def _grid_figure(runs: list[Run], outcomes: list[ToyOutcome]) -> Figure:
     """One row per rate term, one panel per beta, like the paper's Figure 1; the best E is marked."""
     models = list(dict.fromkeys(run.rate.name for run in runs))
     width = max(sum(run.rate.name == model for run in runs) for model in models)
-    figure = Figure(figsize=(2.6 * width, 2.8 * len(models)))
+    figure = Figure(figsize=(2.6 * width, 2.9 * len(models) + 0.3), layout="constrained")  # titles never overlap ticks
     axes = figure.subplots(len(models), width, squeeze=False)
     for row, model in enumerate(models):
         pairs = [(run, outcome) for run, outcome in zip(runs, outcomes, strict=True) if run.rate.name == model]
@@ -95,8 +95,7 @@ def _grid_figure(runs: list[Run], outcomes: list[ToyOutcome]) -> Figure:
             error = outcome.metrics["E"]
             mark = " (best)" if error == best else ""
             draw_reconstruction(panel, outcome.inputs, outcome.reconstruction, title=f"{model} β={run.beta:g}\nE={error:.3f}{mark}")
-    figure.tight_layout(rect=(0, 0, 1, 1 - 0.3 / figure.get_figheight()))  # room for the legend above the panels
     drawn = next((panel for panel in figure.axes if panel.collections), None)
-    if drawn is not None:
-        figure.legend(*drawn.get_legend_handles_labels(), loc="upper center", ncol=2, fontsize=8, markerscale=2, frameon=False)
+    if drawn is not None:  # above the panels: the constrained layout makes room for it
+        figure.legend(*drawn.get_legend_handles_labels(), loc="outside upper center", ncol=2, fontsize=8, markerscale=2, frameon=False)
     return figure
