@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -409,8 +410,6 @@ RED, BLUE = (1.0, 0.0, 0.0, 1.0), (0.0, 0.0, 1.0, 1.0)
 
 def test_the_figure1_grid_keeps_its_titles_ticks_and_legend_apart():
     """Drawn as saved: no panel's title or tick labels cross another panel's, and the legend sits above every panel."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     x = torch.as_tensor(gaussian_grid(n_per_component=20, seed=0).x)
     runs = [Run(PriorKL(), beta) for beta in VAE_BETAS] + [Run(InformationPotential(), beta) for beta in IPAE_BETAS]
     outcomes = [toy.ToyOutcome({"E": 0.3}, x, 0.9 * x) for _ in runs]
@@ -432,7 +431,11 @@ def test_the_reconstruction_figures_say_which_colour_is_the_input(tmp_path, smal
     saved = _saved_figures(monkeypatch, toy)
     run_toy(Run(PriorKL(), 1.0, 0, TrainConfig(steps=2)), tmp_path / "run", progress=False)
     (axes,) = saved["reconstruction.png"].axes
-    assert _legend_colours(axes.get_legend()) == {"input (red circles)": RED, "reconstruction (blue dots)": BLUE}
+    (legend,) = saved["reconstruction.png"].legends  # the figure's, below the panel: it hides none of the points
+    assert _legend_colours(legend) == {"input (red circles)": RED, "reconstruction (blue dots)": BLUE}
+    renderer = FigureCanvasAgg(saved["reconstruction.png"]).get_renderer()
+    saved["reconstruction.png"].draw(renderer)
+    assert legend.get_window_extent(renderer).y1 <= axes.get_tightbbox(renderer).y0
     inputs, reconstructions = axes.collections
     assert tuple(inputs.get_edgecolor()[0]) == RED and tuple(reconstructions.get_facecolor()[0]) == BLUE
 

@@ -89,10 +89,10 @@ def run_toy(
         "final_rate": float(result.rate[-1]),
         "train_seconds": result.seconds,
     }
-    figure = Figure(figsize=(4, 4))
+    figure = Figure(figsize=(4, 4.4), layout="constrained")
     axes = figure.add_subplot()
     draw_reconstruction(axes, data.x, mean_reconstruction, title=f"{run.rate.name}, β={run.beta:g}, E={metrics['E']:.3f}")
-    axes.legend(fontsize=7, loc="upper right", markerscale=2)
+    figure.legend(loc="outside lower center", ncol=2, fontsize=7, markerscale=2, frameon=False)  # below: it hides no point
     save_png(figure, out / "reconstruction.png")
     save_model(model, out)
     write_json(out / "metrics.json", metrics)
