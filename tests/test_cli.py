@@ -172,6 +172,7 @@ def test_a_diverged_run_is_recorded_as_failed(tmp_path, small_toy_data, capsys):
         (["toy", "--rate", "ip", "--mc-samples", "3"], "n_samples"),
         (["toy", "--lr", "0"], "--lr: must be a finite number > 0"),
         (["reproduce", "figure9"], "invalid choice: 'figure9'"),
+        (["reproduce", "--jobs", "2", "figure1"], "name the experiment before its options: `ipae reproduce EXPERIMENT [options]`"),
         (["toy", "--unknown-option", "1"], "unrecognized arguments"),
         (["toy", "--device", "tpu"], "unknown device 'tpu'"),
         (["toy", "--precision", "fp16"], "invalid choice: 'fp16'"),

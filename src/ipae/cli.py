@@ -254,7 +254,10 @@ def _reproduce_parser(parser, name: str, sweep: bool) -> None:
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     """The options of the command line `argv`; bad ones exit with code 2 and one line."""
-    args, unknown = _build_parser().parse_known_args(list(argv))
+    parser, argv = _build_parser(), list(argv)
+    if argv[:1] == ["reproduce"] and argv[1:2] and argv[1].startswith("-") and argv[1] not in ("-h", "--help"):
+        parser.error(f"name the experiment before its options: `ipae reproduce EXPERIMENT [options]`, one of {', '.join(EXPERIMENTS)}")
+    args, unknown = parser.parse_known_args(argv)
     if unknown:  # named by the command's own parser: `ipae reproduce figure1 --help` lists what figure1 takes
         args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return args
