@@ -342,6 +342,24 @@ def test_ipae_load_gives_a_plain_model_as_a_model_and_refuses_other_objects_to_s
         ipae.load(tmp_path / "estimator", rate=InformationPotential())
 
 
+def test_a_saved_device_that_is_not_here_loads_on_the_cpu_and_one_that_is_no_device_is_damaged_metadata(blobs, tmp_path):
+    estimator = IPAE(**QUICK, random_state=0).fit(blobs)
+    ipae.save(estimator, tmp_path / "saved")
+    path = tmp_path / "saved" / "model.json"
+    record = json.loads(path.read_text())
+    if not torch.cuda.is_available():  # saved on a GPU machine, loaded here
+        record["metadata"]["estimator"]["params"]["device"] = "cuda:0"
+        path.write_text(json.dumps(record))
+        loaded = ipae.load(tmp_path / "saved")
+        assert next(loaded.model_.parameters()).device.type == "cpu"
+        np.testing.assert_array_equal(loaded.transform(blobs), estimator.transform(blobs))
+    for device in ([True, 1.0], "not-a-device", 3):  # what the fuzz campaign wrote (a list gave a TypeError from torch)
+        record["metadata"]["estimator"]["params"]["device"] = device
+        path.write_text(json.dumps(record))
+        with pytest.raises(ValueError, match="damaged estimator metadata.*device"):
+            ipae.load(tmp_path / "saved")
+
+
 def test_pickle_round_trip(blobs):
     estimator = BetaVAE(**QUICK, random_state=0).fit(blobs)
     unpickled = pickle.loads(pickle.dumps(estimator))

@@ -261,13 +261,6 @@ class _AutoEncoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
             total += float(objective) * len(x)
         return -total / len(X)
 
-    def _inference_device(self) -> torch.device:
-        """Where a loaded or unpickled model runs: `device`, or the CPU where that is not available here."""
-        try:
-            return resolve_device(self.device)
-        except ValueError:
-            return torch.device("cpu")
-
 
 class IPAE(_AutoEncoderTransformer):
     """Information Potential Auto-Encoder: rate = the information potential bound on I(x; z), eq. 10.
@@ -368,13 +361,14 @@ def from_checkpoint(directory: str | Path) -> IPAE | BetaVAE:
         n_features_in, seed = int(record["n_features_in_"]), int(record["seed_"])
         monitor = list(record.get("monitor_", []))  # absent from estimators saved by earlier versions
         expected = estimator._spec(n_features_in)
+        device = resolve_device(estimator.device, or_cpu=True)  # where the model runs: the CPU where `device` is not here
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as error:
         reason = " ".join(str(error).split())
         raise ValueError(f"{directory / 'model.json'}: damaged estimator metadata ({type(error).__name__}: {reason})") from None
     model = load_model(directory)
     if model.spec != expected:
         raise ValueError(f"{directory}: the model {model.spec.to_dict()} does not match the estimator's parameters {params}")
-    estimator.model_ = model.to(estimator._inference_device()).eval()
+    estimator.model_ = model.to(device).eval()
     estimator.n_features_in_ = n_features_in
     if "feature_names_in_" in record:
         estimator.feature_names_in_ = np.asarray(record["feature_names_in_"], dtype=object)

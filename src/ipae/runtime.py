@@ -18,15 +18,21 @@ __all__ = ["keep_freed_memory"]
 PRECISIONS = ("fp32", "bf16", "auto")
 
 
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """`device` as a torch.device; None means CUDA when it is present, else the CPU."""
+def resolve_device(device: str | torch.device | None = None, *, or_cpu: bool = False) -> torch.device:
+    """`device` as a torch.device; None means CUDA when it is present, else the CPU. A name that is not a
+    device is a ValueError; so is CUDA where it is not available, unless `or_cpu` (a model saved on a GPU
+    machine, loaded on another): then the CPU."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise ValueError(f"device must be a name such as 'cpu' or 'cuda:0', a torch.device or None, got {device!r}")
     try:
         device = torch.device(device)
     except RuntimeError as error:
         raise ValueError(f"unknown device {device!r} ({error})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
+        if or_cpu:
+            return torch.device("cpu")
         raise ValueError("device 'cuda' was asked for, but CUDA is not available here")
     return device
 
