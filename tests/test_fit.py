@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from functools import partial
 
 import numpy as np
 import pytest
@@ -771,7 +772,12 @@ def test_sigint_to_a_fit_says_whether_it_can_be_resumed(data, tmp_path, checkpoi
     out, log = tmp_path / "out", tmp_path / "log.jsonl"
     every = ["--checkpoint-every", "10" if checkpoint else "1000000"]
     command = ["fit", str(data), *SMALL, "--steps", "1000000", "--log-every", "10", *every, "--log", str(log), "--quiet", "--out", str(out)]
-    process = subprocess.Popen([sys.executable, "-m", "ipae.cli", *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C reaches the command as a terminal delivers it: a shell without job control starts background jobs
+    # (a CI script run with `&`) with SIGINT ignored, and Python then installs no KeyboardInterrupt handler
+    default_sigint = partial(signal.signal, signal.SIGINT, signal.SIG_DFL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ipae.cli", *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
     try:
         ready = (tmp_path / "out.checkpoint" / "training.json") if checkpoint else log
         deadline = time.monotonic() + 120
